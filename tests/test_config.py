@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from tood.config import Config, ConfigError, load_config, to_dict, build_config
+from tood.engine import learning_rate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("profile", [None, "proxy", "coco"])
+def test_base_config_loads_with_every_profile(profile):
+    cfg = load_config(ROOT / "experiments/base.yaml", profile=profile)
+    assert isinstance(cfg, Config)
+    # The paper's settings hold unless a profile changes them.
+    assert cfg.test.nms_iou == 0.6 and cfg.test.score_thr == 0.05 and cfg.test.max_per_img == 100
+    assert (cfg.criterion.topk, cfg.criterion.alpha, cfg.criterion.beta) == (13, 1.0, 6.0)
+    if profile != "proxy":
+        assert cfg.train.lr == 0.01 and cfg.train.batch_size == 16 and cfg.train.lr_steps == (8, 11)
+        assert cfg.data.img_scale == (1333, 800) and cfg.model.backbone.depth == 50
+
+
+def test_roundtrip_to_dict():
+    cfg = load_config(ROOT / "experiments/base.yaml", profile="proxy")
+    assert build_config(to_dict(cfg), "x") == cfg
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: train\.learning_rate: unknown key") as e:
+        load_config(f)
+    f.write_text("model:\n  head:\n    typ: parallel\n")
+    with pytest.raises(ConfigError, match=r"model\.head\.typ: unknown key; did you mean 'type'") as e:
+        load_config(f)
+    assert "bad.yaml" in str(e.value)
+
+
+def test_wrong_types_and_values(tmp_path):
+    f = tmp_path / "bad.yaml"
+    for text, pattern in [
+        ("train:\n  epochs: ten\n", r"train\.epochs: got 'ten' \(expected an integer\)"),
+        ("criterion:\n  assigner: atts\n", r"criterion\.assigner: unknown value 'atts' \(expected one of: tal, atss, max_iou, center_sampling\)"),
+        ("model:\n  head: 3\n", r"model\.head: got 3 \(expected a mapping"),
+        ("train:\n  lr_steps: 8\n", r"train\.lr_steps: got 8 \(expected a list of int\)"),
+        ("train: [1, 2\n", r"invalid YAML"),
+    ]:
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(f)
+
+
+def test_overrides_profiles_and_base_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  lr: 0.5\n  epochs: 3\nprofiles:\n  p:\n    train: {epochs: 7}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ntrain:\n  epochs: 5\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert (cfg.train.lr, cfg.train.epochs) == (0.5, 5)
+    cfg = load_config(tmp_path / "b.yaml", profile="p", overrides=["train.lr=0.25", "model.head.type=parallel"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.model.head.type) == (0.25, 7, "parallel")
+    with pytest.raises(ConfigError, match="unknown profile 'q'"):
+        load_config(tmp_path / "b.yaml", profile="q")
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.lrr'; did you mean 'lr'"):
+        load_config(tmp_path / "b.yaml", overrides=["train.lrr=1"])
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_learning_rate_schedule_hand_values():
+    cfg = build_config({"train": {"lr": 0.01, "batch_size": 4, "base_batch_size": 16, "warmup_iters": 500, "warmup_ratio": 0.001, "lr_steps": [8, 11]}}, "x")
+    base = 0.01 * 4 / 16  # linear scaling rule
+    assert learning_rate(cfg, 0, 0) == pytest.approx(base * 0.001)
+    assert learning_rate(cfg, 0, 250) == pytest.approx(base * (0.001 + 0.999 * 0.5))
+    assert learning_rate(cfg, 1, 500) == pytest.approx(base)
+    assert learning_rate(cfg, 7, 10_000) == pytest.approx(base)
+    assert learning_rate(cfg, 8, 10_000) == pytest.approx(base * 0.1)
+    assert learning_rate(cfg, 11, 10_000) == pytest.approx(base * 0.01)

@@ -1,0 +1,70 @@
+"""The one place that turns configuration into objects (model, criterion, data)."""
+from __future__ import annotations
+
+from torch import nn
+
+from tood.assigners import ATSSAssigner, CenterSamplingAssigner, MaxIoUAssigner, TaskAlignedAssigner
+from tood.config import Config, CriterionConfig, HeadConfig, ModelConfig
+from tood.criterion import Phase, TOODCriterion
+from tood.model.backbone import ResNet, load_torchvision_weights
+from tood.model.detector import Detector
+from tood.model.heads import ParallelHead, TOODHead
+from tood.model.neck import FPN
+
+
+def build_head(cfg: HeadConfig, num_classes: int, in_channels: int, num_levels: int) -> nn.Module:
+    common = dict(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        feat_channels=cfg.feat_channels,
+        stacked_convs=cfg.stacked_convs,
+        anchor_type=cfg.anchor_type,
+        num_levels=num_levels,
+        gn_groups=cfg.gn_groups,
+    )
+    if cfg.type == "t_head":
+        return TOODHead(**common, layer_attention=cfg.layer_attention, alignment_map=cfg.alignment_map, offsets=cfg.offsets)
+    return ParallelHead(**common, centerness=cfg.centerness)
+
+
+def build_model(cfg: ModelConfig) -> Detector:
+    backbone = ResNet(depth=cfg.backbone.depth, base_width=cfg.backbone.base_width, frozen_stages=cfg.backbone.frozen_stages, norm_eval=cfg.backbone.norm_eval)
+    if cfg.backbone.pretrained:
+        load_torchvision_weights(backbone, cfg.backbone.pretrained)
+    neck = FPN(backbone.out_channels, out_channels=cfg.neck_channels, num_outs=len(cfg.strides))
+    head = build_head(cfg.head, cfg.num_classes, cfg.neck_channels, len(cfg.strides))
+    return Detector(backbone, neck, head, strides=tuple(cfg.strides))
+
+
+def _assigner(name: str, num_classes: int, c: CriterionConfig):
+    if name == "tal":
+        return TaskAlignedAssigner(num_classes, topk=c.topk, alpha=c.alpha, beta=c.beta, conflict=c.conflict)
+    if name == "atss":
+        return ATSSAssigner(num_classes, topk=c.atss_topk)
+    if name == "max_iou":
+        return MaxIoUAssigner(num_classes)
+    return CenterSamplingAssigner(num_classes, radius=c.center_radius, scale_factor=c.center_scale_factor)
+
+
+def build_criterion(cfg: Config) -> TOODCriterion:
+    """Criterion of the configured assignment scheme (the rows of the paper's Table 2).
+
+    ``auto`` settings follow the paper: TAL -> soft targets t_hat normalised by their
+    sum and t_hat-weighted GIoU, after an ATSS + focal warm-up; other assigners ->
+    focal loss on hard targets and centerness-weighted GIoU.
+    """
+    c = cfg.criterion
+    n = cfg.model.num_classes
+    tal = c.assigner == "tal"
+    cls_target = c.cls_target if c.cls_target != "auto" else ("soft" if tal else "hard")
+    box_weight = c.box_weight if c.box_weight != "auto" else ("target" if tal else "centerness")
+    main = Phase(
+        assigner=_assigner(c.assigner, n, c),
+        cls_target=cls_target,
+        cls_norm="target_sum" if tal and cls_target == "soft" else "num_pos",
+        box_weight=box_weight,
+    )
+    warmup = None
+    if tal and c.warmup_epochs > 0:
+        warmup = Phase(assigner=ATSSAssigner(n, topk=c.atss_topk), cls_target="hard", cls_norm="num_pos", box_weight="centerness")
+    return TOODCriterion(n, main, warmup=warmup, warmup_epochs=c.warmup_epochs if tal else 0, reg_weight=c.reg_weight)

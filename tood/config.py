@@ -1,0 +1,344 @@
+"""Typed configuration and YAML loading.
+
+A config file is YAML whose top-level sections mirror :class:`Config`. It may name a
+``base:`` file (relative to itself) whose values it overrides, and a ``profiles:``
+mapping of named override sets (``proxy``, ``coco``) selected with ``profile=``.
+Overrides given as ``key.path=value`` strings are parsed as YAML scalars.
+Every unknown key or wrongly typed value is a :class:`ConfigError` naming the file,
+the dotted key and what was expected, with the nearest valid key suggested.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50
+    base_width: int = 64  # < 64 scales every stage: the small CPU backbone for proxy runs
+    frozen_stages: int = 1
+    norm_eval: bool = True
+    pretrained: str | None = None  # path to a torchvision ResNet state_dict (.pth)
+
+
+@dataclass
+class HeadConfig:
+    type: Literal["t_head", "parallel"] = "t_head"
+    feat_channels: int = 256
+    stacked_convs: int = 6
+    anchor_type: Literal["anchor_free", "anchor_based"] = "anchor_free"
+    layer_attention: bool = True  # T-head task decomposition
+    alignment_map: bool = True  # T-head TAP: M
+    offsets: bool = True  # T-head TAP: O
+    centerness: bool = False  # parallel head: centerness branch
+    gn_groups: int = 32
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck_channels: int = 256
+    head: HeadConfig = field(default_factory=HeadConfig)
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+
+
+@dataclass
+class CriterionConfig:
+    assigner: Literal["tal", "atss", "max_iou", "center_sampling"] = "tal"
+    warmup_epochs: int = 4  # TAL only: ATSS + focal for the first epochs
+    topk: int = 13  # TAL top-m
+    alpha: float = 1.0
+    beta: float = 6.0
+    conflict: Literal["max_iou", "min_area"] = "max_iou"
+    atss_topk: int = 9
+    cls_target: Literal["auto", "hard", "soft"] = "auto"  # auto: soft for TAL, hard otherwise
+    box_weight: Literal["auto", "none", "centerness", "target"] = "auto"
+    reg_weight: float = 2.0
+    center_radius: float = 1.5
+    center_scale_factor: float = 1.0  # scales the FCOS per-level size ranges (small proxy images)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 16  # total over all workers
+    lr: float = 0.01  # for base_batch_size; scaled linearly to batch_size
+    base_batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    lr_steps: tuple[int, ...] = (8, 11)
+    lr_gamma: float = 0.1
+    grad_clip: float | None = None
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+    eval_every: int = 1  # evaluate AP every N epochs (the last epoch always)
+    max_iters_per_epoch: int | None = None
+
+
+@dataclass
+class SynthConfig:
+    n_train: int = 600
+    n_val: int = 150
+    seed: int = 0
+    image_size: int = 256
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/coco"
+    train_ann: str = "annotations/instances_train2017.json"
+    train_images: str = "train2017"
+    val_ann: str = "annotations/instances_val2017.json"
+    val_images: str = "val2017"
+    img_scale: tuple[int, int] = (1333, 800)
+    multiscale: tuple[int, ...] | None = None  # short sides for multi-scale training
+    flip_prob: float = 0.5
+    synthetic: SynthConfig | None = None  # generate the proxy dataset under root if missing
+
+
+@dataclass
+class TestConfig:
+    nms_pre: int = 1000
+    score_thr: float = 0.05
+    nms_iou: float = 0.6
+    max_per_img: int = 100
+    batch_size: int = 8
+    alignment: bool = True  # Table 6 measures during evaluation
+
+
+@dataclass
+class Config:
+    name: str = "tood"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of: " + ", ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + _type_name(typing.get_args(tp)[0])
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: got {value!r} (expected {_type_name(tp)})")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: unknown value {value!r} (expected {_type_name(tp)})")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r} (expected {_type_name(tp)})")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: got {value!r} (expected a mapping of {tp.__name__} fields)")
+        return _from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: got {value!r} (expected true or false)")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: got {value!r} (expected an integer)")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: got {value!r} (expected a number)")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: got {value!r} (expected a string)")
+        return value
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+
+
+def _from_dict(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{_join(where, key)}: unknown key{_suggest(key, names)}")
+        kwargs[key] = _convert(value, hints[key], _join(where, key))
+    return cls(**kwargs)
+
+
+def _suggest(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (valid keys: {', '.join(names)})"
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples as lists) of a config dataclass, YAML-serialisable."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping (got {type(data).__name__})")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
+    """Set ``a.b.c`` in a nested dict, checking each part against :class:`Config`."""
+    parts = key.split(".")
+    cls: Any = Config
+    node = data
+    for i, part in enumerate(parts):
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            raise ConfigError(f"{where}: unknown key '{'.'.join(parts[: i + 1])}'{_suggest(part, names)}")
+        tp = typing.get_type_hints(cls)[part]
+        if i == len(parts) - 1:
+            node[part] = value
+            return
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        if not inner:
+            raise ConfigError(f"{where}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        cls = inner[0]
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The merged mapping of a config file and its ``base:`` chain (profiles kept)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: base: cycle through {' -> '.join(map(str, _seen))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base: expected a file name (got {base!r})")
+        data = deep_merge(load_raw(path.parent / base, _seen + (path,)), data)
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.02"`` -> ``("train.lr", 0.02)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(
+    data: dict,
+    where: str,
+    profile: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Turn a raw mapping (with optional ``profiles``) into a validated :class:`Config`."""
+    data = copy.deepcopy(data)
+    profiles = data.pop("profiles", {}) or {}
+    if profile is not None:
+        if profile not in profiles:
+            raise ConfigError(f"{where}: profiles: unknown profile '{profile}' (expected one of: {', '.join(profiles) or 'none defined'})")
+        data = deep_merge(data, profiles[profile])
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value, f"{where}: override {key}")
+    return _from_dict(Config, data, f"{where}:")
+
+
+def load_config(
+    path: str | Path,
+    profile: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Load a YAML config (following ``base:``), apply a profile and ``key=value`` overrides."""
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    return build_config(load_raw(path), str(path), profile, overrides)

@@ -1,0 +1,203 @@
+"""Training and evaluation loops.
+
+The caller observes a run through two callbacks and never needs to reach inside:
+``log(metrics, step)`` gets per-epoch averages (step = epochs completed), and
+``on_epoch_end(EpochEnd)`` gets the epoch's metrics and checkpoint path (the
+orchestration layer reports them to Ray Tune / MLflow). ``tood`` itself imports
+neither.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from tood.build import build_criterion, build_model
+from tood.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
+from tood.config import Config, to_dict
+from tood.data.loaders import build_loader
+from tood.evaluate import evaluate
+
+LogFn = Callable[[dict[str, float], int], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or inf; the message names epoch, iteration and term."""
+
+
+@dataclass
+class EpochEnd:
+    epoch: int  # epochs completed (1-based)
+    metrics: dict[str, float]
+    checkpoint: Path | None
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]  # final evaluation
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: Config, epoch: int, iteration: int, world_batch: int | None = None) -> float:
+    """lr at a global ``iteration`` in (0-based) ``epoch``.
+
+    Linear scaling rule: ``lr * batch / base_batch`` (the paper's 0.01 is for 16
+    images); linear warm-up over ``warmup_iters`` from ``warmup_ratio``; x ``lr_gamma``
+    at each epoch in ``lr_steps`` (epoch counts, as mmdet's ``step=[8, 11]``).
+    """
+    t = cfg.train
+    lr = t.lr * (world_batch or t.batch_size) / t.base_batch_size
+    lr *= t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
+    if iteration < t.warmup_iters:
+        lr *= t.warmup_ratio + (1 - t.warmup_ratio) * iteration / t.warmup_iters
+    return lr
+
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _check_finite(loss_terms: dict[str, torch.Tensor], epoch: int, iteration: int) -> None:
+    for name, value in loss_terms.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}, iteration {iteration}: loss term '{name}' is {value.item()} "
+                "(try a lower train.lr, train.grad_clip, or train.amp=bf16 instead of fp16)"
+            )
+
+
+def train(
+    cfg: Config,
+    work_dir: str | Path,
+    *,
+    resume: bool | str | Path = False,
+    log: LogFn | None = None,
+    on_epoch_end: Callable[[EpochEnd], None] | None = None,
+    extra_state: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` in ``work_dir`` (checkpoints in ``work_dir/last.pt``).
+
+    Args:
+        resume: False, True (``work_dir/last.pt`` if present) or a checkpoint path.
+        extra_state: small dict stored in every checkpoint (e.g. a tracking run id).
+    Under an initialised ``torch.distributed`` process group the model is wrapped in
+    DistributedDataParallel, data are sharded, and rank 0 evaluates and checkpoints.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    seed_everything(cfg.train.seed)
+
+    model = build_model(cfg.model).to(device)
+    criterion = build_criterion(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    start_epoch, iteration, history = 0, 0, []
+    ckpt_path = work_dir / "last.pt"
+    resume_from = (ckpt_path if ckpt_path.exists() else None) if resume is True else (Path(resume) if resume else None)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        getattr(model, "module", model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
+        set_rng_state(state["rng"])
+
+    train_loader = build_loader(cfg, train=True, rank=rank, world=world)
+    val_loader = build_loader(cfg, train=False) if rank == 0 else None
+    final: dict[str, float] = history[-1] if history else {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        train_loader.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        n_iter = len(train_loader) if cfg.train.max_iters_per_epoch is None else min(len(train_loader), cfg.train.max_iters_per_epoch)
+        bar = tqdm(total=n_iter, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress or rank != 0, leave=False)
+        t0, n_images = time.perf_counter(), 0
+        for i, batch in enumerate(train_loader):
+            if i >= n_iter:
+                break
+            lr = learning_rate(cfg, epoch, iteration, cfg.train.batch_size)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch.to(device)
+            with _autocast(device, cfg.train.amp):
+                outputs = model(batch.images)
+            losses = criterion(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, epoch)
+            _check_finite({"loss_total": losses.total, **losses.terms}, epoch, iteration)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses.total).backward()
+            if cfg.train.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+            n_images += batch.images.shape[0]
+            for k, v in {"loss_total": losses.total.detach(), **losses.terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{float(losses.total):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+            bar.update()
+        bar.close()
+        metrics = {k: v / max(n_iter, 1) for k, v in sums.items()}
+        metrics.update(lr=lr, epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0)
+        last = epoch + 1 == cfg.train.epochs
+        saved = None
+        if rank == 0:
+            if last or (epoch + 1) % cfg.train.eval_every == 0:
+                ev = evaluate(getattr(model, "module", model), val_loader, cfg, device, progress=progress)
+                metrics.update({"epoch_AP": ev["AP"]} if not last else {**ev, "epoch_AP": ev["AP"]})
+            history.append(metrics)
+            saved = save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch + 1,
+                    "iteration": iteration,
+                    "history": history,
+                    "rng": rng_state(),
+                    "config": to_dict(cfg),
+                    "extra": extra_state or {},
+                },
+            )
+            if log is not None:
+                log({k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch + 1)
+            if on_epoch_end is not None:
+                on_epoch_end(EpochEnd(epoch=epoch + 1, metrics=metrics, checkpoint=saved))
+        final = metrics
+        if distributed:
+            dist.barrier()
+    return TrainResult(metrics=final, history=history, checkpoint=ckpt_path if ckpt_path.exists() else None)
+

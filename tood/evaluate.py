@@ -1,0 +1,55 @@
+"""Evaluation loop: COCO AP on the dataset's own json plus the Table 6 alignment measures."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from tood.config import Config
+from tood.eval.alignment import AlignmentAccumulator
+from tood.eval.coco_map import detections_to_coco, evaluate_coco
+from tood.postprocess import detection_scores, postprocess
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True):
+    """Yield ``(batch, outputs, detections)``; detections are in original-image pixels."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
+            batch = batch.to(device)
+            outputs = model(batch.images)
+            dets = postprocess(
+                outputs,
+                nms_pre=cfg.test.nms_pre,
+                score_thr=cfg.test.score_thr,
+                nms_iou=cfg.test.nms_iou,
+                max_per_img=cfg.test.max_per_img,
+                scale_factors=batch.scale_factors,
+                orig_sizes=batch.orig_sizes,
+            )
+            yield batch, outputs, dets
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True) -> dict[str, float]:
+    """AP, AP50, AP75, APs, APm, APl (0-100) and, if ``cfg.test.alignment``, PCC,
+    top10_iou, n_correct, n_redundant, n_error over the whole ``loader``."""
+    dataset = loader.dataset
+    results: list[dict] = []
+    align = AlignmentAccumulator() if cfg.test.alignment else None
+    for batch, outputs, dets in predict(model, loader, cfg, device, progress):
+        for det, image_id in zip(dets, batch.image_ids):
+            results += detections_to_coco(det.boxes, det.scores, det.labels, [image_id] * len(det.scores), dataset.cat_ids)
+        if align is not None:
+            # GTs back to original pixels so that the post-NMS counts compare like with like.
+            gt_orig = batch.gt_boxes / batch.scale_factors[:, None, :].repeat(1, 1, 2)
+            align.update_before_nms(detection_scores(outputs), outputs["boxes"], batch.gt_boxes, batch.gt_labels, batch.gt_mask)
+            for b, det in enumerate(dets):
+                m = batch.gt_mask[b]
+                align.update_after_nms(det.boxes, det.scores, det.labels, gt_orig[b][m], batch.gt_labels[b][m])
+    metrics = evaluate_coco(dataset.coco, results, img_ids=dataset.image_ids)
+    if align is not None:
+        metrics.update(align.result())
+    return metrics

@@ -1,0 +1,90 @@
+"""Model outputs -> detections: per-level top-k, score threshold, class-aware NMS, cap."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from tood.nms import batched_nms
+
+
+@dataclass
+class Detections:
+    """Detections of one image: boxes ``(N, 4)`` xyxy, scores ``(N,)``, labels ``(N,)``."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+def detection_scores(outputs: dict) -> Tensor:
+    """Per-anchor class scores ``(B, A, C)`` used for ranking and NMS.
+
+    ``sigmoid(cls_logits)`` (the aligned score for a T-head), times the centerness
+    probability when the head has a centerness branch (ATSS/FCOS test-time rule).
+    """
+    scores = outputs["cls_logits"].float().sigmoid()  # (B, A, C)
+    if outputs.get("centerness") is not None:
+        scores = scores * outputs["centerness"].float().sigmoid()[..., None]
+    return scores
+
+
+@torch.no_grad()
+def postprocess(
+    outputs: dict,
+    nms_pre: int = 1000,
+    score_thr: float = 0.05,
+    nms_iou: float = 0.6,
+    max_per_img: int = 100,
+    scale_factors: Tensor | None = None,
+    orig_sizes: Tensor | None = None,
+) -> list[Detections]:
+    """Detections for every image of a batch, in one batched pass.
+
+    Args:
+        outputs: model outputs (``cls_logits`` (B, A, C), ``boxes`` (B, A, 4) input pixels,
+            optional ``centerness``, ``priors``).
+        nms_pre: candidates kept per image and FPN level before NMS (by score).
+        scale_factors: ``(B, 2)`` (w_scale, h_scale) of the resize; boxes are divided
+            by them to return to original-image pixels.
+        orig_sizes: ``(B, 2)`` (h, w) original sizes to clip to.
+    """
+    scores = detection_scores(outputs)  # (B, A, C)
+    boxes = outputs["boxes"].float()  # (B, A, 4)
+    b, _, c = scores.shape
+    cand_scores, cand_anchor = [], []
+    for sl in outputs["priors"].level_slices():
+        s = scores[:, sl, :].reshape(b, -1)  # (B, A_l * C)
+        top_s, top_i = s.topk(min(nms_pre, s.shape[1]), dim=1)  # (B, k)
+        cand_scores.append(top_s)
+        cand_anchor.append(top_i + sl.start * c)  # flat (anchor * C + class) index
+    flat_scores = torch.cat(cand_scores, 1)  # (B, K)
+    flat_index = torch.cat(cand_anchor, 1)  # (B, K)
+    img_idx, pos = (flat_scores > score_thr).nonzero(as_tuple=True)  # (N,), (N,)
+    sel_scores = flat_scores[img_idx, pos]  # (N,)
+    sel_index = flat_index[img_idx, pos]
+    anchor, label = sel_index // c, sel_index % c
+    sel_boxes = boxes[img_idx, anchor]  # (N, 4)
+
+    keep = batched_nms(sel_boxes, sel_scores, img_idx * c + label, nms_iou)  # sorted by score
+    keep = keep[torch.sort(img_idx[keep], stable=True).indices]  # grouped by image, score order kept
+    kept_img = img_idx[keep]
+    counts = torch.bincount(kept_img, minlength=b)  # (B,)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_img]
+    keep = keep[rank < max_per_img]
+    kept_img = img_idx[keep]
+
+    out_boxes = sel_boxes[keep]
+    if scale_factors is not None:
+        out_boxes = out_boxes / scale_factors.to(out_boxes)[kept_img].repeat(1, 2)
+    if orig_sizes is not None:
+        hw = orig_sizes.to(out_boxes)[kept_img]  # (N, 2) (h, w)
+        wh = hw.flip(-1).repeat(1, 2)
+        out_boxes = torch.minimum(out_boxes.clamp(min=0), wh)
+    counts = torch.bincount(kept_img, minlength=b).tolist()
+    return [
+        Detections(boxes=bx, scores=sc, labels=lb)
+        for bx, sc, lb in zip(out_boxes.split(counts), sel_scores[keep].split(counts), label[keep].split(counts))
+    ]
