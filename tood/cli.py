@@ -44,8 +44,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_from_checkpoint(cfg: Config, checkpoint: str):
-    import torch
-
     from tood.build import build_model
     from tood.checkpoint import load_checkpoint
     from tood.engine import resolve_device
@@ -56,12 +54,8 @@ def _model_from_checkpoint(cfg: Config, checkpoint: str):
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ConfigError(f"{checkpoint}: weights do not fit the model of {cfg_source(cfg)} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), device
-
-
-def cfg_source(cfg: Config) -> str:
-    return f"config '{cfg.name}'"
+        raise ConfigError(f"{checkpoint}: weights do not fit the configured model ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), device, state.get("class_names")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -69,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tood.evaluate import evaluate
 
     cfg = _load(args)
-    model, device = _model_from_checkpoint(cfg, args.checkpoint)
+    model, device, _ = _model_from_checkpoint(cfg, args.checkpoint)
     metrics = evaluate(model, build_loader(cfg, train=False), cfg, device, progress=not args.quiet)
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -84,8 +78,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if args.score_thr is not None:
         cfg.test.score_thr = args.score_thr
-    model, device = _model_from_checkpoint(cfg, args.checkpoint)
-    for path in detect_images(model, cfg, device, [Path(p) for p in args.images], Path(args.out), class_names=None):
+    model, device, class_names = _model_from_checkpoint(cfg, args.checkpoint)
+    for path in detect_images(model, cfg, device, [Path(p) for p in args.images], Path(args.out), class_names=class_names):
         print(path)
     return 0
 

@@ -189,6 +189,7 @@ def train(
                     "history": history,
                     "rng": rng_state(),
                     "config": to_dict(cfg),
+                    "class_names": train_loader.dataset.class_names,
                     "extra": extra_state or {},
                 },
             )
