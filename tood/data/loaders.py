@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tood.config import Config, DataConfig
+from tood.config import Config, ConfigError, DataConfig
 from tood.data.coco import CocoDetection
 from tood.data.transforms import build_transforms, collate
 
@@ -42,7 +42,13 @@ def build_dataset(cfg: Config, train: bool) -> CocoDetection:
     ensure_synthetic(cfg.data)
     ann, images = split_paths(cfg.data, train)
     transforms = build_transforms(train, img_scale=cfg.data.img_scale, multiscale=cfg.data.multiscale, flip_prob=cfg.data.flip_prob)
-    return CocoDetection(ann, images, transforms=transforms, train=train, seed=cfg.train.seed if train else None)
+    dataset = CocoDetection(ann, images, transforms=transforms, train=train, seed=cfg.train.seed if train else None)
+    if len(dataset.cat_ids) != cfg.model.num_classes:
+        raise ConfigError(
+            f"{ann}: has {len(dataset.cat_ids)} categories but model.num_classes is {cfg.model.num_classes} "
+            f"(expected equal; set --set model.num_classes={len(dataset.cat_ids)})"
+        )
+    return dataset
 
 
 class EpochLoader:
