@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 from pathlib import Path
 
 import torch
@@ -32,9 +33,18 @@ def ensure_synthetic(data: DataConfig) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".synth.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if all(p.exists() for train in (True, False) for p in split_paths(data, train)):
-            return
         s = data.synthetic
+        wanted = {"seed": s.seed, "n_train": s.n_train, "n_val": s.n_val, "image_size": [s.image_size, s.image_size]}
+        ann = split_paths(data, True)[0]
+        if all(p.exists() for train in (True, False) for p in split_paths(data, train)):
+            info = json.loads(ann.read_text()).get("info", {})
+            found = {k: info.get(k) for k in wanted}
+            if found != wanted:
+                raise ConfigError(
+                    f"{ann}: synthetic data was generated with {found} but data.synthetic asks for {wanted} "
+                    f"(expected equal: delete {root} to regenerate it, or point data.root elsewhere)"
+                )
+            return
         synthesize(root, n_train=s.n_train, n_val=s.n_val, seed=s.seed, image_size=(s.image_size, s.image_size))
 
 
