@@ -1,0 +1,277 @@
+"""Read a study's runs from MLflow into pandas (schema: CONTRACTS.md, "MLflow schema").
+
+A study is the experiment ``tood-ablate/<study>``. One launch of its grid is a parent run
+(tag ``tood.role=parent``, artifact ``grid.yaml``); its nested child runs are the trials,
+one per grid row and seed. Only the MlflowClient API is used, so a sqlite store
+(``sqlite:////abs/path/mlruns.db``) and a tracking server read the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT_PREFIX = "tood-ablate/"
+FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou",
+                 "n_correct", "n_redundant", "n_error")
+EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
+FACTOR_TAG, PAPER_TAG = "tood.factor.", "tood.paper."
+# Trial columns that are not metrics (nor factor.* / paper.* columns).
+BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
+                "start_time")
+
+
+class NoRunsError(LookupError):
+    """Nothing to report: no store, experiment, parent run or trial (CLI exit code 2)."""
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One row of a grid in grid-file order; ``paper`` maps metric name -> the paper's value."""
+
+    index: int
+    label: str
+    factors: dict[str, str]
+    paper: dict[str, float]
+
+
+@dataclass
+class StudyData:
+    """One launch of a study: the parent run, the grid's rows and one trial per frame row.
+
+    ``trials`` columns: BASE_COLUMNS, ``factor.<name>``, ``paper.<metric>`` and one column per
+    logged metric (its last value: the final metrics are logged once at the last step).
+    """
+
+    study: str
+    table: str
+    tracking_uri: str
+    experiment_name: str
+    experiment_id: str
+    parent_id: str
+    parent_name: str
+    parent_tags: dict[str, str]
+    grid_rows: list[GridRow]
+    grid_source: str
+    trials: pd.DataFrame
+    common_params: dict[str, str]
+
+
+def experiment_name(study: str) -> str:
+    return EXPERIMENT_PREFIX + study
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the project's sqlite store ./mlruns.db (absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
+
+
+def open_client(tracking_uri: str) -> MlflowClient:
+    """A client for ``tracking_uri``; a sqlite file that does not exist is an error, not created."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):])
+        if not path.is_file():
+            raise NoRunsError(f"tracking store {path} does not exist (tracking URI {tracking_uri})")
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def list_studies(client: MlflowClient) -> list[str]:
+    """Names of all studies (experiments named tood-ablate/<study>), sorted."""
+    experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
+    return sorted(e.name[len(EXPERIMENT_PREFIX):] for e in experiments)
+
+
+def find_parent(client: MlflowClient, study: str | None, parent: str = "latest") -> Run:
+    """The parent run ``parent`` (a run id) or the latest parent run of ``study``."""
+    uri = client.tracking_uri
+    if parent != "latest":
+        try:
+            run = client.get_run(parent)
+        except MlflowException as exc:
+            raise NoRunsError(f"no run with id {parent!r} at tracking URI {uri}") from exc
+        name = client.get_experiment(run.info.experiment_id).name
+        if study is not None and name != experiment_name(study):
+            raise NoRunsError(f"run {parent} belongs to experiment {name!r}, "
+                              f"not {experiment_name(study)!r} (tracking URI {uri})")
+        return run
+    if study is None:
+        raise ValueError("find_parent: give a study name or a parent run id")
+    experiment = client.get_experiment_by_name(experiment_name(study))
+    if experiment is None:
+        raise NoRunsError(f"no runs for study {study!r}: experiment "
+                          f"{experiment_name(study)!r} does not exist at tracking URI {uri}")
+    runs = client.search_runs([experiment.experiment_id], "tags.`tood.role` = 'parent'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise NoRunsError(f"no runs for study {study!r}: experiment {experiment_name(study)!r} "
+                          f"has no parent run (tag tood.role=parent) at tracking URI {uri}")
+    return runs[0]
+
+
+def _number(value: object, where: str) -> float:
+    """``value`` as float ('30,261' -> 30261.0); a ValueError naming ``where`` otherwise."""
+    try:
+        return float(str(value).replace(",", ""))
+    except ValueError:
+        raise ValueError(f"{where}: {value!r} is not a number") from None
+
+
+def _trial_record(run: Run) -> dict:
+    tags, info = run.data.tags, run.info
+    record = {
+        "run_id": info.run_id, "run_name": info.run_name, "status": info.status,
+        "row": tags.get("tood.row", info.run_name),
+        "row_index": int(tags.get("tood.row_index", -1)),
+        "seed": int(tags["tood.seed"]) if "tood.seed" in tags else -1,
+        "error": tags.get("tood.error", ""), "git_commit": tags.get("tood.git_commit", ""),
+        "start_time": info.start_time,
+    }
+    for key, value in tags.items():
+        if key.startswith(FACTOR_TAG):
+            record["factor." + key[len(FACTOR_TAG):]] = value
+        elif key.startswith(PAPER_TAG):
+            record["paper." + key[len(PAPER_TAG):]] = _number(value, f"run {info.run_id}: tag {key}")
+    record.update(run.data.metrics)
+    return record
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
+    """All child runs of ``parent_id`` (every page of the search)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trials_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per trial run, ordered by (row_index, seed); columns as in StudyData."""
+    frame = pd.DataFrame([_trial_record(r) for r in runs])
+    if frame.empty:
+        return pd.DataFrame(columns=list(BASE_COLUMNS))
+    return frame.sort_values(["row_index", "seed"], kind="stable").reset_index(drop=True)
+
+
+def metric_columns(trials: pd.DataFrame) -> list[str]:
+    """The metric columns of a trials frame: FINAL_METRICS first, then the others by name."""
+    other = {c for c in trials.columns if c not in BASE_COLUMNS
+             and not c.startswith(("factor.", "paper."))}
+    return [m for m in FINAL_METRICS if m in other] + sorted(other - set(FINAL_METRICS))
+
+
+def parse_grid_rows(grid: object) -> list[GridRow]:
+    """Rows of a resolved grid: ``{rows: [{label, factors, paper}, ...]}`` or a bare list.
+
+    ``row``/``name`` are accepted for ``label``; without ``factors`` every other key of the
+    row is a factor. Repeated labels (one entry per seed) keep their first position.
+    """
+    items = grid.get("rows") if isinstance(grid, dict) else grid
+    if not isinstance(items, list):
+        return []
+    rows: dict[str, GridRow] = {}
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        label = next((str(item[k]) for k in ("label", "row", "name") if k in item), None)
+        if label is None or label in rows:
+            continue
+        factors = item.get("factors")
+        if not isinstance(factors, dict):
+            factors = {k: v for k, v in item.items()
+                       if k not in ("label", "row", "name", "paper", "seed", "seeds", "index")}
+        paper = item.get("paper") if isinstance(item.get("paper"), dict) else {}
+        paper = {str(k): _number(v, f"grid.yaml: rows[{position}].paper.{k}") for k, v in paper.items()}
+        rows[label] = GridRow(len(rows), label, {str(k): str(v) for k, v in factors.items()}, paper)
+    return list(rows.values())
+
+
+def load_grid_artifact(client: MlflowClient, parent_id: str) -> list[GridRow]:
+    """Rows of the parent's grid.yaml artifact; [] when it is absent or has no row list."""
+    if "grid.yaml" not in {a.path for a in client.list_artifacts(parent_id)}:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent_id, "grid.yaml", tmp)
+        return parse_grid_rows(yaml.safe_load(Path(path).read_text()))
+
+
+def rows_from_trials(trials: pd.DataFrame) -> list[GridRow]:
+    """Grid rows recovered from the trials' tood.row / tood.row_index / factor / paper tags."""
+    rows = []
+    for label, group in trials.groupby("row", sort=False):
+        first = group.iloc[0]
+        factors = {c[len("factor."):]: str(first[c]) for c in trials.columns
+                   if c.startswith("factor.") and pd.notna(first[c])}
+        rows.append(GridRow(int(group["row_index"].min()), str(label), factors, {}))
+    return sorted(rows, key=lambda r: r.index)
+
+
+def _with_tag_paper(row: GridRow, trials: pd.DataFrame) -> GridRow:
+    """``row`` with the paper numbers of its trials' tood.paper.* tags (these win over the grid)."""
+    own = trials[trials["row"] == row.label]
+    paper = dict(row.paper)
+    for column in (c for c in trials.columns if c.startswith("paper.")):
+        values = own[column].dropna()
+        if len(values):
+            paper[column[len("paper."):]] = float(values.iloc[0])
+    return GridRow(row.index, row.label, row.factors, paper)
+
+
+def _common_params(runs: list[Run]) -> dict[str, str]:
+    """Params that every trial shares (the config the grid did not vary)."""
+    if not runs:
+        return {}
+    common = dict(runs[0].data.params)
+    for run in runs[1:]:
+        common = {k: v for k, v in common.items() if run.data.params.get(k) == v}
+    return common
+
+
+def collect_study(client: MlflowClient, study: str | None, parent: str = "latest") -> StudyData:
+    """Everything the report needs from one launch of a study (``parent``: run id or 'latest')."""
+    parent_run = find_parent(client, study, parent)
+    experiment = client.get_experiment(parent_run.info.experiment_id)
+    study = study or experiment.name.removeprefix(EXPERIMENT_PREFIX)
+    runs = trial_runs(client, experiment.experiment_id, parent_run.info.run_id)
+    trials = trials_frame(runs)
+    grid_rows, source = load_grid_artifact(client, parent_run.info.run_id), "grid.yaml artifact"
+    if not grid_rows:
+        grid_rows, source = rows_from_trials(trials), "trial tags (no grid.yaml artifact)"
+    if not grid_rows:
+        raise NoRunsError(f"no runs for study {study!r}: parent run {parent_run.info.run_id} of "
+                          f"experiment {experiment.name!r} has no trials and no grid.yaml "
+                          f"(tracking URI {client.tracking_uri})")
+    tags = parent_run.data.tags
+    table = tags.get("tood.table") or next((r.data.tags["tood.table"] for r in runs
+                                            if "tood.table" in r.data.tags), "smoke")
+    return StudyData(
+        study=study, table=table, tracking_uri=client.tracking_uri,
+        experiment_name=experiment.name, experiment_id=experiment.experiment_id,
+        parent_id=parent_run.info.run_id, parent_name=parent_run.info.run_name, parent_tags=tags,
+        grid_rows=[_with_tag_paper(r, trials) for r in grid_rows], grid_source=source,
+        trials=trials, common_params=_common_params(runs))
+
+
+def metric_histories(client: MlflowClient, trials: pd.DataFrame,
+                     metrics: tuple[str, ...] = ("loss_total", "epoch_AP")) -> pd.DataFrame:
+    """Per-step values of ``metrics`` for every trial, long format.
+
+    Columns: run_id, row, row_index, seed, metric, step (epoch), value.
+    """
+    records = [
+        {"run_id": t.run_id, "row": t.row, "row_index": t.row_index, "seed": t.seed,
+         "metric": key, "step": m.step, "value": m.value}
+        for t in trials.itertuples() for key in metrics
+        for m in client.get_metric_history(t.run_id, key)
+    ]
+    return pd.DataFrame(records, columns=["run_id", "row", "row_index", "seed", "metric", "step", "value"])

@@ -1,0 +1,232 @@
+"""`tood-ablate report`: a study's tables (md/tex/html), plots (PNG) and one self-contained
+HTML report, also logged under ``report/`` as artifacts of the study's parent run.
+
+    tood-ablate report table6_alignment --out reports_out
+    tood-ablate report --all --tracking-uri sqlite:////abs/path/mlruns.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from reports import plots
+from reports.collect import (NoRunsError, StudyData, collect_study, default_tracking_uri, list_studies,
+                             metric_histories, open_client)
+from reports.formats import to_html, to_latex, to_markdown
+from reports.tables import RowSummary, Table, build_table, summarize
+
+FORMATS = {"md": to_markdown, "tex": to_latex, "html": to_html}
+FIGURE_CAPTIONS = {
+    "alpha_beta_heatmap": "AP (mean over seeds) for each (α, β) of the alignment metric t = s^α · u^β.",
+    "ap_vs_topm": "AP against TAL's top-m: ours as mean ± sample std over seeds, the paper's as squares.",
+    "pcc_vs_ap": "PCC of the top-50 scores with their IoUs against AP, per row: ours (left), the paper's (right).",
+    "training_curves": "Per-epoch total loss and validation AP, mean over finished seeds (band: ± sample std).",
+}
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1400px;
+padding:0 1.5em;color:#1d2433;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:2px solid #d0d7e2;padding-bottom:.2em;margin-top:2em}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1.2em;background:#f4f6fa;
+padding:.8em 1.2em;border-radius:6px}dl.meta dt{font-weight:600}dl.meta dd{margin:0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8em;margin:.6em 0}
+caption{caption-side:top;text-align:left;font-weight:600;font-size:1.08em;padding:.4em 0}
+th,td{padding:.3em .45em;border-bottom:1px solid #e1e5ee;white-space:nowrap;text-align:right}
+thead th{background:#2f3b52;color:#fff;font-weight:600;text-align:center;white-space:normal;min-width:3.5em}
+tbody th{text-align:left;font-weight:600}tbody tr:nth-child(even){background:#f7f9fc}
+td.gap{color:#b42318;font-style:italic;background:#fdecea}td.disagree{background:#fff4d6}
+figure.tood-table{margin:1em 0}ul.notes{font-size:.82em;color:#4a5568;margin-top:.2em}
+figure.plot{margin:1.2em 0}figure.plot img{max-width:100%;border:1px solid #e1e5ee}
+figure.plot figcaption{font-size:.85em;color:#4a5568}.skipped{color:#b42318}
+"""
+
+
+@dataclass
+class ReportPaths:
+    """What render_report wrote: ``html`` is the report to open (all studies in one with --all)."""
+
+    html: Path
+    tables: list[Path] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+    logged_to: list[str] = field(default_factory=list)
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML document with the report's CSS inline (no external resources)."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def study_figures(data: StudyData, rows: list[RowSummary], histories: pd.DataFrame) -> dict[str, Figure]:
+    """name (a key of FIGURE_CAPTIONS) -> Figure, for the plots this study's layout has."""
+    figures = {}
+    if data.table == "table4":
+        figures["alpha_beta_heatmap"] = plots.alpha_beta_heatmap(rows)
+    if data.table == "topm":
+        figures["ap_vs_topm"] = plots.topm_plot(rows)
+    if data.table == "table6":
+        figures["pcc_vs_ap"] = plots.pcc_scatter(rows)
+    if len(histories):
+        figures["training_curves"] = plots.training_curves(histories)
+    return figures
+
+
+def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
+    """(label, HTML) pairs of the study header: data, seeds, trial counts, time, MLflow ids."""
+    tags, params, trials = data.parent_tags, data.common_params, data.trials
+    data_text = (f"profile {tags.get('tood.profile', 'not recorded')}, "
+                 f"data.root {params.get('data.root', 'not recorded')}")
+    synth = [f"{k.rsplit('.', 1)[1]} {params[k]}" for k in
+             ("data.synthetic.n_train", "data.synthetic.n_val", "data.synthetic.image_size") if k in params]
+    if synth:
+        data_text += f" (synthetic: {', '.join(synth)})"
+    if "train.epochs" in params:
+        data_text += f", {params['train.epochs']} epochs"
+    counts = trials["status"].value_counts() if len(trials) else {}
+    seeds = sorted({int(s) for s in trials["seed"]}) if len(trials) else []
+    finished = int(counts.get("FINISHED", 0))
+    failed = int(counts.get("FAILED", 0)) + int(counts.get("KILLED", 0))
+    running = int(counts.get("RUNNING", 0)) + int(counts.get("SCHEDULED", 0))
+    run_link = html.escape(data.parent_id)
+    if data.tracking_uri.startswith(("http://", "https://")):
+        url = f"{data.tracking_uri.rstrip('/')}/#/experiments/{data.experiment_id}/runs/{data.parent_id}"
+        run_link = f'<a href="{html.escape(url)}">{run_link}</a>'
+    commits = sorted({c for c in trials.get("git_commit", []) if c})
+    commit_text = f", commit {', '.join(commits)}" if commits else ""
+    e = html.escape
+    return [
+        ("Study", e(f"{data.study} (layout {data.table})")),
+        ("Data / profile", e(data_text)),
+        ("Seeds", e(f"{tags.get('tood.seeds', ','.join(map(str, seeds)))} ({len(seeds)} in the trials)")),
+        ("Trials", e(f"{finished} finished, {failed} failed, {running} running, of "
+                     f"{tags.get('tood.num_trials', len(trials))} planned; {len(data.grid_rows)} grid rows "
+                     f"(from the {data.grid_source})")),
+        ("Generated", e(generated)),
+        ("MLflow", f"tracking URI <code>{e(data.tracking_uri)}</code>, experiment "
+                   f"<code>{e(data.experiment_name)}</code> (id {e(data.experiment_id)}), parent run "
+                   f"<code>{e(data.parent_name or '')}</code> ({run_link}){e(commit_text)}"),
+    ]
+
+
+def _section(data: StudyData, table: Table, pngs: dict[str, Path], generated: str) -> str:
+    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _meta(data, generated))
+    images = "".join(
+        f'<figure class="plot"><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+        f"<figcaption>{html.escape(FIGURE_CAPTIONS[name])}</figcaption></figure>"
+        for name, path in pngs.items())
+    return (f'<section id="study-{html.escape(data.study)}">\n<h2>{html.escape(data.study)}</h2>\n'
+            f'<dl class="meta">{meta}</dl>\n{to_html(table)}{images}\n</section>\n')
+
+
+def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: tuple[str, ...],
+                 generated: str) -> tuple[str, ReportPaths]:
+    """Write ``out_dir/<study>/``: table files, PNGs and report.html; log them to the parent run.
+
+    Returns the study's HTML section (for a combined report) and what was written.
+    """
+    study_dir = out_dir / data.study
+    study_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize(data)
+    table = build_table(data.table, rows, data.study)
+    paths = ReportPaths(html=study_dir / "report.html")
+    for fmt in formats:
+        path = study_dir / f"{table.key}.{fmt}"
+        text = FORMATS[fmt](table)
+        path.write_text(html_page(table.caption, text) if fmt == "html" else text, encoding="utf-8")
+        paths.tables.append(path)
+    histories = metric_histories(client, data.trials[data.trials["status"] == "FINISHED"])
+    pngs = {name: plots.save_figure(fig, study_dir / f"{name}.png")
+            for name, fig in study_figures(data, rows, histories).items()}
+    paths.plots.extend(pngs.values())
+    section = _section(data, table, pngs, generated)
+    paths.html.write_text(html_page(f"TOOD ablation report: {data.study}",
+                                    f"<h1>TOOD ablation report: {html.escape(data.study)}</h1>\n{section}"),
+                          encoding="utf-8")
+    try:
+        client.log_artifacts(data.parent_id, str(study_dir), artifact_path="report")
+        paths.logged_to.append(data.parent_id)
+    except (MlflowException, OSError) as exc:
+        print(f"tood-ablate report: warning: could not log {study_dir} to run {data.parent_id}: {exc}",
+              file=sys.stderr)
+    return section, paths
+
+
+def render_report(study: str | None, tracking_uri: str | None = None, out_dir: str | Path = "reports_out",
+                  formats: tuple[str, ...] = ("md", "tex", "html"), parent: str = "latest") -> ReportPaths:
+    """Render one study (or every study when ``study`` and ``parent`` are None/'latest').
+
+    ``parent``: a parent run id or 'latest'. Raises NoRunsError when there is nothing to report.
+    """
+    unknown = set(formats) - FORMATS.keys()
+    if unknown:
+        raise ValueError(f"render_report: formats: unknown {sorted(unknown)} "
+                         f"(expected some of {sorted(FORMATS)})")
+    client = open_client(tracking_uri or default_tracking_uri())
+    out_dir = Path(out_dir)
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if study is not None or parent != "latest":
+        return render_study(client, collect_study(client, study, parent), out_dir, formats, generated)[1]
+    names = list_studies(client)
+    if not names:
+        raise NoRunsError(f"no studies (experiments named tood-ablate/*) at tracking URI {client.tracking_uri}")
+    combined, sections, skipped = ReportPaths(html=out_dir / "report.html"), [], []
+    for name in names:
+        try:
+            data = collect_study(client, name, "latest")
+        except NoRunsError as exc:
+            skipped.append(f'<p class="skipped">{html.escape(name)}: skipped: {html.escape(str(exc))}</p>')
+            continue
+        section, paths = render_study(client, data, out_dir, formats, generated)
+        sections.append(section)
+        combined.tables += paths.tables
+        combined.plots += paths.plots
+        combined.logged_to += paths.logged_to
+    if not sections:
+        raise NoRunsError(f"no study at tracking URI {client.tracking_uri} has runs to report")
+    combined.html.write_text(html_page("TOOD ablation report", "<h1>TOOD ablation report: all studies</h1>\n"
+                                       + "".join(skipped + sections)), encoding="utf-8")
+    return combined
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tood-ablate report STUDY|--all [...]`` (``argv``: the arguments after ``report``)."""
+    parser = argparse.ArgumentParser(prog="tood-ablate report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("study", nargs="?", help="study name: experiment tood-ablate/<study>")
+    parser.add_argument("--all", action="store_true", help="every study, in one combined report")
+    parser.add_argument("--out", default="reports_out", help="output folder (default: reports_out)")
+    parser.add_argument("--format", default="md,tex,html", help="table files to write (default: md,tex,html)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/mlruns.db)")
+    parser.add_argument("--parent", default="latest", help="parent run id of the launch, or 'latest' (default)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout to the path
+    if args.all and (args.study is not None or args.parent != "latest"):
+        parser.error("--all reports every study's latest launch: give no STUDY and no --parent with it")
+    if not args.all and args.study is None and args.parent == "latest":
+        parser.error("give a STUDY, --all, or --parent RUN_ID")
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    if not formats or set(formats) - FORMATS.keys():
+        parser.error(f"--format {args.format!r}: expected a comma-separated subset of {','.join(FORMATS)}")
+    try:
+        paths = render_report(None if args.all else args.study, args.tracking_uri, args.out, formats, args.parent)
+    except NoRunsError as exc:
+        print(f"tood-ablate report: error: {exc}", file=sys.stderr)
+        return 2
+    print(paths.html)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

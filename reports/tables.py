@@ -1,0 +1,248 @@
+"""Paper-style tables of a study: seeds aggregated, our numbers beside the paper's.
+
+Each layout compares rows the way the paper does (Table 1: T-head minus parallel head per
+detector; Table 2: each assignment minus ATSS; top-m: each m minus m = 13; Table 4: each
+(alpha, beta) minus (1.0, 6); Table 6: each row minus "parallel head + ATSS") and marks with
+DISAGREE an ordering of a compared pair that differs from the paper's. A grid row without a
+finished trial keeps its place, its cells saying "failed" / "running" / "missing".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from reports.collect import EPOCH_METRICS, FINAL_METRICS, StudyData, metric_columns, rows_from_trials
+from reports.cells import (NO_VALUE, factor, find_row, fmt_delta, fmt_value, head_kind, metric_label,
+                           metric_value, strip_head, top_m)
+
+DISAGREE = "†"
+GAP_WORDS = ("failed", "running", "missing")
+AP_METRICS = ("AP", "AP50", "AP75")
+TABLE6_METRICS = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
+
+
+@dataclass
+class Table:
+    """A rendered-agnostic table: ``header`` names the columns, each row is a list of cell strings."""
+
+    key: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, row_label: str, column: str) -> str:
+        """The cell in the row whose first cell is ``row_label``, under header ``column``."""
+        row = next((r for r in self.rows if r[0] == row_label), None)
+        if row is None:
+            raise KeyError(f"table {self.key}: no row {row_label!r} (rows: {[r[0] for r in self.rows]})")
+        if column not in self.header:
+            raise KeyError(f"table {self.key}: no column {column!r} (columns: {self.header})")
+        return row[self.header.index(column)]
+
+
+@dataclass
+class RowSummary:
+    """One grid row over its seeds: mean and sample std (ddof=1, NaN when n = 1) per metric."""
+
+    index: int
+    label: str
+    factors: dict[str, str]
+    paper: dict[str, float]
+    n: int
+    n_failed: int
+    n_running: int
+    mean: dict[str, float]
+    std: dict[str, float]
+    errors: list[str]
+
+    @property
+    def status(self) -> str:
+        """'ok' with a finished trial, else why not: 'running', 'failed' or 'missing'."""
+        if self.n:
+            return "ok"
+        return "running" if self.n_running else "failed" if self.n_failed else "missing"
+
+
+def summarize(data: StudyData) -> list[RowSummary]:
+    """One RowSummary per grid row in grid order, then rows the trials name but the grid lacks."""
+    trials = data.trials
+    metrics = metric_columns(trials)
+    labels = {r.label for r in data.grid_rows}
+    extra = rows_from_trials(trials[~trials["row"].isin(labels)]) if len(trials) else []
+    summaries = []
+    for row in list(data.grid_rows) + extra:
+        own = trials[trials["row"] == row.label]
+        done = own[own["status"] == "FINISHED"]
+        failed = own[own["status"].isin(["FAILED", "KILLED"])]
+        values = done[metrics].astype(float)
+        summaries.append(RowSummary(
+            index=row.index, label=row.label, factors=row.factors, paper=row.paper, n=len(done),
+            n_failed=len(failed), n_running=int(own["status"].isin(["RUNNING", "SCHEDULED"]).sum()),
+            mean=values.mean().to_dict(), std=values.std(ddof=1).to_dict(),
+            errors=[f"seed {s}: {e or 'no tood.error tag'}" for s, e in zip(failed["seed"], failed["error"])]))
+    return summaries
+
+
+def fmt_mean_std(row: RowSummary | None, metric: str) -> str:
+    """'40.3 ± 0.2'; '40.3 ± -' for one seed; the gap word for a row without a finished trial."""
+    if row is None:
+        return NO_VALUE
+    if row.status != "ok":
+        return row.status
+    mean, std = metric_value(row.mean, metric), metric_value(row.std, metric)
+    if math.isnan(mean):
+        return NO_VALUE
+    return f"{fmt_value(mean, metric)} ± {NO_VALUE if math.isnan(std) else fmt_value(std, metric)}"
+
+
+def disagrees(row: RowSummary, ref: RowSummary, metric: str) -> bool:
+    """Our row-minus-ref difference has another sign than the paper's (paper difference != 0)."""
+    if row is ref or row.status != "ok" or ref.status != "ok":
+        return False
+    ours = metric_value(row.mean, metric) - metric_value(ref.mean, metric)
+    paper = metric_value(row.paper, metric) - metric_value(ref.paper, metric)
+    if math.isnan(ours) or math.isnan(paper) or paper == 0:
+        return False
+    return (ours > 0) != (paper > 0) or ours == 0
+
+
+def _metric_cells(row: RowSummary | None, metric: str, ref: RowSummary | None) -> list[str]:
+    """[ours (with DISAGREE when the ordering against ``ref`` differs), paper]."""
+    if row is None:
+        return [NO_VALUE, NO_VALUE]
+    ours = fmt_mean_std(row, metric)
+    if ref is not None and disagrees(row, ref, metric):
+        ours += " " + DISAGREE
+    return [ours, fmt_value(metric_value(row.paper, metric), metric)]
+
+
+def _delta_cells(row: RowSummary | None, ref: RowSummary | None, metric: str) -> list[str]:
+    """[ours, paper] of row minus ref; 'ref' on the reference row itself."""
+    if row is None or ref is None:
+        return [NO_VALUE, NO_VALUE]
+    if row is ref:
+        return ["ref", "ref"]
+    if row.status != "ok":
+        ours = row.status
+    else:
+        ours = fmt_delta(metric_value(row.mean, metric) - metric_value(ref.mean, metric), metric)
+    return [ours, fmt_delta(metric_value(row.paper, metric) - metric_value(ref.paper, metric), metric)]
+
+
+def _n_cell(row: RowSummary | None) -> str:
+    if row is None:
+        return NO_VALUE
+    extra = [f"{k} {w}" for k, w in ((row.n_failed, "failed"), (row.n_running, "running")) if k]
+    return f"{row.n} ({', '.join(extra)})" if extra else str(row.n)
+
+
+def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None) -> list[str]:
+    notes = ["Ours: mean ± sample std (ddof=1) over the n finished seeds ('-' when n = 1); "
+             "(paper): the paper's number; '-': no value."]
+    if any(DISAGREE in cell for r in table_rows for cell in r):
+        notes.append(f"{DISAGREE}: our ordering against {ref_text} disagrees with the paper's "
+                     "(the two differences have different signs).")
+    for row in rows:
+        if row.status != "ok":
+            notes.append(f"{row.label}: {row.status} (no finished trial).")
+        notes.extend(f"{row.label}, {e}" for e in row.errors)
+    return notes
+
+
+def compare_table(key: str, caption: str, first: str, rows: list[RowSummary],
+                  metrics: tuple[str, ...], ref: RowSummary | None, ref_name: str) -> Table:
+    """One line per row: n, ours and paper per metric, then AP minus the reference row's."""
+    header = [first, "n"] + [h for m in metrics for h in (metric_label(m), f"{metric_label(m)} (paper)")]
+    if ref is not None:
+        header += ["ΔAP", "ΔAP (paper)"]
+    body = []
+    for row in rows:
+        cells = [row.label, _n_cell(row)] + [c for m in metrics for c in _metric_cells(row, m, ref)]
+        body.append(cells + (_delta_cells(row, ref, "AP") if ref is not None else []))
+    notes = _notes(rows, body, ref_name)
+    if ref is not None:
+        notes.insert(1, f"ΔAP: AP minus the AP of {ref_name}.")
+    if ref is None and ref_name:
+        notes.append(f"No differences: the grid has no row {ref_name}.")
+    return Table(key, caption, header, body, notes)
+
+
+def table1(rows: list[RowSummary]) -> Table:
+    """Detectors as rows, {parallel, T-head} x {AP, AP50, AP75} as columns, T-head minus parallel."""
+    detectors: dict[str, dict[str, RowSummary]] = {}
+    for row in rows:
+        name = factor(row.factors, "detector") or strip_head(row.label)
+        detectors.setdefault(name, {})[head_kind(row)] = row
+    header = ["Detector", "n (parallel)", "n (T-head)"]
+    for head in ("parallel", "T-head"):
+        header += [h for m in AP_METRICS for h in (f"{head} {m}", f"{head} {m} (paper)")]
+    header += ["ΔAP", "ΔAP (paper)"]
+    body = []
+    for name, heads in detectors.items():
+        par, th = heads.get("parallel"), heads.get("T-head")
+        cells = [name, _n_cell(par), _n_cell(th)]
+        cells += [c for m in AP_METRICS for c in _metric_cells(par, m, None)]
+        cells += [c for m in AP_METRICS for c in _metric_cells(th, m, par)]
+        body.append(cells + _delta_cells(th, par, "AP"))
+    notes = _notes(rows, body, "the parallel head of the same detector")
+    notes.insert(1, "ΔAP: AP of the T-head minus AP of the parallel head of the same detector.")
+    return Table("table1", "Table 1: head structure, parallel head vs T-head (AP / AP50 / AP75)",
+                 header, body, notes)
+
+
+def topm(rows: list[RowSummary]) -> Table:
+    """Top-m of TAL: one column per m (ascending), AP ours/paper and minus m = 13."""
+    rows = sorted(rows, key=lambda r: (math.isnan(top_m(r)), top_m(r)))
+    ref = next((r for r in rows if top_m(r) == 13), None)
+    names = [r.label if math.isnan(top_m(r)) else f"m={top_m(r):g}" for r in rows]
+    metric_rows = [_metric_cells(r, "AP", ref) for r in rows]
+    delta_rows = [_delta_cells(r, ref, "AP") for r in rows]
+    body = [["n"] + [_n_cell(r) for r in rows],
+            ["AP"] + [c[0] for c in metric_rows],
+            ["AP (paper)"] + [c[1] for c in metric_rows],
+            ["ΔAP"] + [d[0] for d in delta_rows],
+            ["ΔAP (paper)"] + [d[1] for d in delta_rows]]
+    notes = _notes(rows, body, "m=13")
+    notes.insert(1, "ΔAP: AP minus the AP of m=13.")
+    if ref is None:
+        notes.append("No differences: the grid has no row with m = 13.")
+    return Table("topm", "Top-m of TAL (AP); the paper reports 42.0-42.5 for every m and picks m = 13",
+                 ["top-m"] + names, body, notes)
+
+
+def build_table(table: str, rows: list[RowSummary], study: str = "") -> Table:
+    """The layout named by the parent's tood.table tag; unknown names get the generic layout."""
+    if table == "table1":
+        return table1(rows)
+    if table == "topm":
+        return topm(rows)
+    if table == "table2":
+        ref = find_row(rows, "ATSS", assigner="atss")
+        return compare_table("table2", "Table 2: sample assignment (AP / AP50 / AP75)", "Assignment",
+                             rows, AP_METRICS, ref, "ATSS")
+    if table == "table4":
+        ref = find_row(rows, "(1.0, 6)", alpha=1.0, beta=6.0)
+        return compare_table("table4", "Table 4: alpha and beta of the task-alignment metric",
+                             "(α, β)", rows, AP_METRICS, ref, "(1.0, 6)")
+    if table == "table6":
+        ref = find_row(rows, "parallel head + ATSS", head="parallel", assigner="atss")
+        return compare_table("table6", "Table 6: alignment of the two tasks", "Method",
+                             rows, TABLE6_METRICS, ref, "parallel head + ATSS")
+    return generic(rows, table, study)
+
+
+def generic(rows: list[RowSummary], table: str, study: str) -> Table:
+    """Rows by label with every final metric any row has (per-epoch metrics go to the curves)."""
+    present = {m for r in rows for m, v in r.mean.items() if not math.isnan(v)} - set(EPOCH_METRICS)
+    metrics = tuple(m for m in FINAL_METRICS if m in present) + tuple(sorted(present - set(FINAL_METRICS)))
+    with_paper = {m for r in rows for m in r.paper}
+    header = ["Row", "n"] + [h for m in metrics for h in
+                             ((metric_label(m), f"{metric_label(m)} (paper)")
+                              if m in with_paper else (metric_label(m),))]
+    body = [[r.label, _n_cell(r)] + [c for m in metrics
+                                     for c in _metric_cells(r, m, None)[: 2 if m in with_paper else 1]]
+            for r in rows]
+    return Table(table or "generic", f"{study or table}: all final metrics", header, body,
+                 _notes(rows, body, None))
