@@ -1,0 +1,274 @@
+import contextlib
+import io
+import math
+import random
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from tood.boxes import box_iou
+from tood.eval import AlignmentAccumulator, alignment_before_nms, count_detection_types, detections_to_coco, evaluate_coco
+
+# ---------------------------------------------------------------- COCO AP
+
+
+def make_coco(images, anns, num_cats=3):
+    """pycocotools COCO from ``images`` [(id, w, h)] and ``anns`` [(image_id, cat_id, [x, y, w, h])]."""
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": i, "width": w, "height": h, "file_name": f"{i}.png"} for i, w, h in images],
+        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, num_cats + 1)],
+        "annotations": [
+            {"id": k + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for k, (i, c, b) in enumerate(anns)
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def pycocotools_by_hand(coco, dets, img_ids=None):
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco, coco.loadRes([dict(d) for d in dets]), "bbox")
+        if img_ids is not None:
+            ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float("nan") if s < 0 else 100 * s for s in ev.stats[:6]]
+
+
+def det(image_id, cat, bbox, score):
+    return {"image_id": image_id, "category_id": cat, "bbox": bbox, "score": score}
+
+
+def random_gt(seed, n_images=6):
+    rng = random.Random(seed)
+    images = [(i, 320, 240) for i in range(1, n_images + 1)]
+    anns = []
+    for i, _, _ in images:
+        for _ in range(rng.randint(0, 6)):
+            w, h = rng.uniform(4, 150), rng.uniform(4, 120)
+            anns.append((i, rng.randint(1, 3), [rng.uniform(0, 320 - w), rng.uniform(0, 240 - h), w, h]))
+    return make_coco(images, anns), anns, images
+
+
+def random_dets(seed, anns, images):
+    rng = random.Random(seed)
+    dets = []
+    for i, c, (x, y, w, h) in anns:  # jittered copies of the GT, sometimes with the wrong class
+        for _ in range(rng.randint(0, 3)):
+            j = [rng.gauss(0, 0.15 * w), rng.gauss(0, 0.15 * h), rng.gauss(0, 0.2 * w), rng.gauss(0, 0.2 * h)]
+            cat = c if rng.random() < 0.8 else rng.randint(1, 3)
+            dets.append(det(i, cat, [x + j[0], y + j[1], max(1.0, w + j[2]), max(1.0, h + j[3])], rng.random()))
+    for i, _, _ in images:  # background false positives
+        for _ in range(rng.randint(0, 5)):
+            dets.append(det(i, rng.randint(1, 3), [rng.uniform(0, 300), rng.uniform(0, 220), rng.uniform(2, 80), rng.uniform(2, 80)], rng.random()))
+    return dets
+
+
+def test_hand_computed_ap_and_pycocotools_agree():
+    coco = make_coco([(1, 200, 200)], [(1, 1, [10, 10, 50, 50]), (1, 1, [100, 100, 50, 50])])
+    dets = [det(1, 1, [10, 10, 50, 50], 0.9), det(1, 1, [60, 140, 50, 50], 0.8), det(1, 1, [100, 100, 50, 50], 0.7)]
+    # TP (P=1, R=.5), FP, TP (P=2/3, R=1): 51 recall points at precision 1, 50 at 2/3.
+    expected = (51 + 50 * 2 / 3) / 101 * 100
+    m = evaluate_coco(coco, dets)
+    assert m["AP"] == pytest.approx(expected) and m["AP50"] == pytest.approx(expected)
+    assert m["AP75"] == pytest.approx(expected) and m["APm"] == pytest.approx(expected)
+    assert math.isnan(m["APs"]) and math.isnan(m["APl"])  # no GT of those sizes
+    ref = pycocotools_by_hand(coco, dets)
+    for k, r in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref):
+        assert (math.isnan(m[k]) and math.isnan(r)) or m[k] == pytest.approx(r, abs=1e-9)
+
+
+def test_perfect_detections_give_100():
+    anns = [(1, 1, [5, 5, 20, 20]), (1, 2, [40, 40, 60, 60]), (2, 3, [0, 0, 150, 120]), (2, 1, [160, 10, 30, 25])]
+    coco = make_coco([(1, 200, 200), (2, 200, 200)], anns)
+    dets = [det(i, c, b, 0.5 + 0.1 * k) for k, (i, c, b) in enumerate(anns)]
+    for backend in ("pycocotools", "faster"):
+        m = evaluate_coco(coco, dets, backend=backend)
+        assert all(v == pytest.approx(100.0) for v in m.values()), (backend, m)
+
+
+def test_zero_detections_give_zero_without_output(capsys):
+    anns = [(1, 1, [5, 5, 20, 20]), (1, 2, [40, 40, 60, 60]), (2, 3, [0, 0, 150, 120])]
+    coco = make_coco([(1, 200, 200), (2, 200, 200)], anns)
+    for backend in ("pycocotools", "faster"):
+        m = evaluate_coco(coco, [], backend=backend)
+        assert m == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": 0.0, "APl": 0.0}
+    evaluate_coco(coco, [det(1, 1, [5, 5, 20, 20], 0.9)])
+    assert capsys.readouterr().out == ""
+    evaluate_coco(coco, [det(1, 1, [5, 5, 20, 20], 0.9)], verbose=True)
+    assert "Average Precision" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_backends_agree_with_pycocotools_on_random_detections(seed):
+    coco, anns, images = random_gt(seed)
+    dets = random_dets(seed, anns, images)
+    before = [dict(d) for d in dets]
+    img_ids = [1, 2, 4] if seed % 2 else None
+    ref = pycocotools_by_hand(coco, dets, img_ids)
+    slow = evaluate_coco(coco, dets, backend="pycocotools", img_ids=img_ids)
+    fast = evaluate_coco(coco, dets, backend="faster", img_ids=img_ids)
+    assert dets == before  # inputs untouched
+    assert 0 < slow["AP"] < 100
+    for k, r in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref):
+        for got in (slow[k], fast[k]):
+            assert (math.isnan(got) and math.isnan(r)) or abs(got - r) <= 1e-6 * 100, (k, got, r)
+
+
+def test_unknown_backend_is_named():
+    coco = make_coco([(1, 10, 10)], [])
+    with pytest.raises(ValueError, match="backend: unknown value 'fast'"):
+        evaluate_coco(coco, [], backend="fast")
+
+
+def test_detections_to_coco():
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.5, 1.5, 2.5, 4.0]])
+    out = detections_to_coco(boxes, torch.tensor([0.75, 0.25]), torch.tensor([2, 0]), [7, 9], cat_ids=[1, 3, 8])
+    assert out == [
+        {"image_id": 7, "category_id": 8, "bbox": [10.0, 20.0, 20.0, 40.0], "score": 0.75},
+        {"image_id": 9, "category_id": 1, "bbox": [0.5, 1.5, 2.0, 2.5], "score": 0.25},
+    ]
+    assert detections_to_coco(boxes, torch.tensor([0.75, 0.25]), torch.tensor([2, 0]), 4, [1, 3, 8])[1]["image_id"] == 4
+    assert detections_to_coco(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long), [], [1]) == []
+    with pytest.raises(ValueError, match="image_ids 1"):
+        detections_to_coco(boxes, torch.tensor([0.75, 0.25]), torch.tensor([2, 0]), [7], [1, 3, 8])
+
+
+# ---------------------------------------------------------------- Table 6 alignment measures
+
+
+def alignment_case(seed, b=2, a=300, c=3, g=4):
+    """Random scores; half the predicted boxes are jittered copies of GTs so IoUs vary."""
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(b, g, 2, generator=gen) * 150
+    gt_boxes = torch.cat([xy, xy + 20 + torch.rand(b, g, 2, generator=gen) * 60], -1)  # (B, G, 4)
+    gt_labels = torch.randint(0, c, (b, g), generator=gen)
+    gt_mask = torch.rand(b, g, generator=gen) < 0.8
+    gt_mask[:, 0] = True
+    gt_labels[~gt_mask] = -1  # padded rows hold garbage
+    src = torch.randint(0, g, (b, a), generator=gen)
+    near = torch.gather(gt_boxes, 1, src[..., None].expand(b, a, 4)) + torch.randn(b, a, 4, generator=gen) * 8
+    pxy = torch.rand(b, a, 2, generator=gen) * 200
+    far = torch.cat([pxy, pxy + 5 + torch.rand(b, a, 2, generator=gen) * 60], -1)
+    pred_boxes = torch.where((torch.arange(a) % 2 == 0)[None, :, None], near, far)  # (B, A, 4)
+    cls_scores = torch.rand(b, a, c, generator=gen)
+    return cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask
+
+
+def brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, k_pcc=50, k_iou=10):
+    """Per instance, with python sorting and scipy: list of (r or None, top-k mean IoU)."""
+    from scipy.stats import pearsonr
+
+    out = []
+    for i in range(gt_boxes.shape[0]):
+        for j in range(gt_boxes.shape[1]):
+            if not gt_mask[i, j]:
+                continue
+            s = cls_scores[i, :, gt_labels[i, j]].tolist()
+            order = sorted(range(len(s)), key=lambda n: -s[n])
+            ious = [box_iou(pred_boxes[i, n][None], gt_boxes[i, j][None]).item() for n in order[:k_pcc]]
+            top_s = [s[n] for n in order[:k_pcc]]
+            r = None if len(set(top_s)) == 1 or len(set(ious)) == 1 else pearsonr(top_s, ious)[0]
+            out.append((r, sum(ious[:k_iou]) / k_iou))
+    return out
+
+
+def test_pcc_and_top10_iou_match_scipy_and_brute_force():
+    acc = AlignmentAccumulator()
+    ref = []
+    for seed in range(3):  # several batches accumulate into one mean over instances
+        case = alignment_case(seed)
+        acc.update_before_nms(*case)
+        ref += brute_force_alignment(*case)
+    rs = [r for r, _ in ref if r is not None]
+    res = acc.result()
+    assert res["n_instances"] == len(ref) and res["n_pcc_skipped"] == 0 and len(ref) >= 15
+    assert res["PCC"] == pytest.approx(sum(rs) / len(rs), abs=1e-6)
+    assert res["top10_iou"] == pytest.approx(sum(i for _, i in ref) / len(ref), abs=1e-6)
+    assert 0.05 < res["top10_iou"] < 0.95 and abs(res["PCC"]) > 1e-3  # the data is not degenerate
+    one = alignment_before_nms(*alignment_case(0), topk_pcc=20, topk_iou=5)
+    ref = brute_force_alignment(*alignment_case(0), k_pcc=20, k_iou=5)
+    assert one.pcc_sum == pytest.approx(sum(r for r, _ in ref), abs=1e-6)
+    assert one.iou_sum == pytest.approx(sum(i for _, i in ref), abs=1e-6)
+
+
+def test_constant_instances_are_skipped_by_pcc_only():
+    cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask = alignment_case(5, b=1, g=3)
+    gt_mask[:] = True
+    gt_labels[0] = torch.tensor([0, 1, 2])
+    cls_scores[0, :, 1] = 0.3  # instance 1: every score of its class is equal
+    gt_boxes[0, 2] = torch.tensor([1000.0, 1000.0, 1100.0, 1100.0])  # instance 2: IoU 0 everywhere
+    s = alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    ref = brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    assert ref[1][0] is None and ref[2][0] is None and ref[2][1] == 0.0
+    assert (s.n_instances, s.n_pcc) == (3, 1)
+    assert s.pcc_sum == pytest.approx(ref[0][0], abs=1e-6)
+    # top-10 IoU keeps instance 2 (at 0); instance 1's top-10 is an arbitrary pick among ties.
+    gt_mask[0, 1] = False
+    s = alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    assert (s.n_instances, s.n_pcc) == (2, 1)
+    assert s.iou_sum == pytest.approx(ref[0][1] + ref[2][1], abs=1e-6)
+
+
+def test_no_instances():
+    cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask = alignment_case(1)
+    assert alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask & False) == (0.0, 0, 0.0, 0)
+    res = AlignmentAccumulator().result()
+    assert math.isnan(res["PCC"]) and math.isnan(res["top10_iou"]) and res["n_correct"] == 0
+
+
+def _counts(dets, gts):
+    """dets: [(box, score, label)], gts: [(box, label)]."""
+    t = lambda rows: torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+    return tuple(
+        count_detection_types(
+            t([d[0] for d in dets]),
+            torch.tensor([d[1] for d in dets]),
+            torch.tensor([d[2] for d in dets], dtype=torch.long),
+            t([g[0] for g in gts]),
+            torch.tensor([g[1] for g in gts], dtype=torch.long),
+        )
+    )
+
+
+def test_detection_types_hand_made():
+    gts = [([0, 0, 10, 10], 0), ([20, 0, 30, 10], 0), ([0, 20, 10, 30], 1)]
+    dets = [
+        ([0, 0, 10, 10], 0.9, 0),  # IoU 1 with GT 0: correct
+        ([0, 0, 10, 11], 0.8, 0),  # IoU 100/110 with the already matched GT 0: redundant
+        ([20, 0, 30, 3], 0.7, 0),  # IoU 30/100 = 0.3 with GT 1: error
+        ([20, 0, 30, 0.5], 0.6, 0),  # IoU 0.05 with GT 1: none
+        ([0, 20, 10, 30], 0.95, 0),  # perfect box on GT 2 but the wrong class: none
+    ]
+    assert _counts(dets, gts) == (1, 1, 1)
+    assert _counts(dets[:1], gts) == (1, 0, 0)
+    assert _counts(dets[2:3], gts) == (0, 0, 1)
+    assert _counts(dets[3:], gts) == (0, 0, 0)
+    assert _counts([], gts) == (0, 0, 0) and _counts(dets, []) == (0, 0, 0)
+
+
+def test_detection_types_follow_score_order():
+    # P overlaps both GTs and prefers GT 0 (0.833 vs 0.75); Q only reaches GT 0 (0.7 vs 0.4375).
+    gts = [([0, 0, 10, 10], 0), ([0, 0, 10, 16], 0)]
+    p, q = [0, 0, 10, 12], [0, 0, 10, 7]
+    assert _counts([(p, 0.9, 0), (q, 0.8, 0)], gts) == (1, 1, 0)  # P takes GT 0, Q is redundant
+    assert _counts([(p, 0.8, 0), (q, 0.9, 0)], gts) == (2, 0, 0)  # Q takes GT 0, P falls back to GT 1
+    assert _counts([(q, 0.9, 0), (p, 0.8, 0)], gts) == (2, 0, 0)  # input order is irrelevant
+
+
+def test_accumulator_sums_images():
+    gts = [([0, 0, 10, 10], 0), ([20, 0, 30, 10], 0)]
+    gt_boxes = torch.tensor([g[0] for g in gts], dtype=torch.float32)
+    gt_labels = torch.tensor([0, 0])
+    acc = AlignmentAccumulator()
+    dets = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11], [20, 0, 30, 3]])
+    for _ in range(2):
+        acc.update_after_nms(dets, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 0, 0]), gt_boxes, gt_labels)
+    res = acc.result()
+    assert (res["n_correct"], res["n_redundant"], res["n_error"]) == (2, 2, 2)
