@@ -166,7 +166,7 @@ def train(
             n_images += batch.images.shape[0]
             for k, v in {"loss_total": losses.total.detach(), **losses.terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(losses.total):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
             bar.update()
         bar.close()
         metrics = {k: v / max(n_iter, 1) for k, v in sums.items()}

@@ -1,0 +1,77 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, tiny_config
+from tood.checkpoint import load_checkpoint
+from tood.engine import NonFiniteLossError, train
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("head,assigner", [("t_head", "tal"), ("parallel", "atss")])
+def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, head, assigner):
+    overrides = [f"model.head.type={head}", f"criterion.assigner={assigner}", "model.head.stacked_convs=" + ("6" if head == "t_head" else "4")]
+    cfg = tiny_config(tiny_data, *overrides, "train.epochs=3")
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    def stop_after_first(end):
+        if end.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop_after_first)
+    assert load_checkpoint(tmp_path / "cut/last.pt")["epoch"] == 1
+    resumed = train(cfg, tmp_path / "cut", progress=False, resume=True)
+
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for key in ("loss_total", "loss_cls", "loss_box"):
+        for a, b in zip(full.history, resumed.history):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    for key in ("AP", "AP50", "PCC", "top10_iou", "n_correct"):
+        assert full.metrics[key] == pytest.approx(resumed.metrics[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+    w_full = load_checkpoint(tmp_path / "full/last.pt")["model"]
+    w_cut = load_checkpoint(tmp_path / "cut/last.pt")["model"]
+    for name in w_full:
+        torch.testing.assert_close(w_full[name], w_cut[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_non_finite_loss_names_epoch_iteration_and_term(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, "train.lr=1.0e+12", "train.warmup_iters=0", "train.epochs=3", "train.batch_size=2")
+    with pytest.raises(NonFiniteLossError, match=r"epoch \d+, iteration \d+: loss term 'loss_\w+' is (nan|inf|-inf)"):
+        train(cfg, tmp_path / "nan", progress=False)
+
+
+def test_cli_train_eval_detect_roundtrip(tiny_data, tmp_path):
+    work = tmp_path / "cli"
+    sets = ["--set", f"data.root={tiny_data}", "--set", "data.synthetic=null", "--set", "data.img_scale=[64, 64]", "--set", "train.epochs=1",
+            "--set", "model.neck_channels=16", "--set", "model.head.feat_channels=16", "--set", "model.head.gn_groups=4"]
+    base = [sys.executable, "-m", "tood.cli"]
+    cfg = str(ROOT / "experiments/base.yaml")
+    r = subprocess.run(base + ["train", cfg, "--profile", "proxy", *sets, "--work-dir", str(work), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    trained = json.loads((work / "metrics.json").read_text())
+    r = subprocess.run(base + ["eval", cfg, str(work / "last.pt"), "--profile", "proxy", *sets, "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    evaluated = json.loads(r.stdout)
+    assert evaluated["AP"] == pytest.approx(trained["AP"], abs=1e-9)
+    image = next((tiny_data / "val").glob("*.png"))
+    r = subprocess.run(base + ["detect", cfg, str(work / "last.pt"), str(image), "--profile", "proxy", *sets, "--out", str(tmp_path / "det"), "--score-thr", "0.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dets = json.loads((tmp_path / "det" / f"{image.stem}.json").read_text())["detections"]
+    assert 0 < len(dets) <= 100 and all(d["box_xyxy"][2] <= 64 and d["box_xyxy"][3] <= 64 for d in dets)
+    assert (tmp_path / "det" / f"{image.stem}.png").is_file()
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    r = subprocess.run([sys.executable, "-m", "tood.cli", "train", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "bad.yaml: train.epochz: unknown key; did you mean 'epochs'" in r.stderr
+    assert "Traceback" not in r.stderr
