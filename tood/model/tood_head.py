@@ -67,7 +67,8 @@ def deform_sample(x: Tensor, offsets: Tensor) -> Tensor:
             for dx, wx in ((0, 1 - lx), (1, lx)):
                 yi, xi = y0 + dy, x0 + dx
                 inside = (yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1)
-                idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long().view(b, c, h * w)
+                # nan_to_num: non-finite offsets (a diverged run) must reach the loss check, not crash gather
+                idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).nan_to_num(0.0).long().view(b, c, h * w)
                 val = flat.gather(2, idx).view(b, c, h, w)
                 out = out + torch.where(inside, wy * wx * val, 0.0)
         return out
