@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
-from test_reports import build_store  # noqa: E402
+from tests.test_reports import build_store  # noqa: E402
 
 from reports.render import render_report  # noqa: E402
 
