@@ -95,10 +95,23 @@ class TrainConfig:
 
 @dataclass
 class SynthConfig:
+    """The synthetic proxy (``tood.data.synthetic``); ``None`` knobs keep the generator's default."""
+
     n_train: int = 600
     n_val: int = 150
     seed: int = 0
     image_size: int = 256
+    objects: tuple[int, ...] | None = None  # (min, max) objects per image
+    size: tuple[int, ...] | None = None  # (min, max) long side in pixels
+    noise: float | None = None
+    clutter: int | None = None
+    distractors: int | None = None
+    cue_size: float | None = None
+    crowd_prob: float | None = None
+
+    def knobs(self) -> dict:
+        names = ("objects", "size", "noise", "clutter", "distractors", "cue_size", "crowd_prob")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 @dataclass

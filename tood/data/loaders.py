@@ -34,18 +34,19 @@ def ensure_synthetic(data: DataConfig) -> None:
     with open(root / ".synth.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         s = data.synthetic
-        wanted = {"seed": s.seed, "n_train": s.n_train, "n_val": s.n_val, "image_size": [s.image_size, s.image_size]}
+        knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in s.knobs().items()}
+        wanted = {"seed": s.seed, "n_train": s.n_train, "n_val": s.n_val, "image_size": [s.image_size, s.image_size], **knobs}
         ann = split_paths(data, True)[0]
         if all(p.exists() for train in (True, False) for p in split_paths(data, train)):
             info = json.loads(ann.read_text()).get("info", {})
-            found = {k: info.get(k) for k in wanted}
+            found = {k: info.get("knobs", {}).get(k) if k in knobs else info.get(k) for k in wanted}
             if found != wanted:
                 raise ConfigError(
                     f"{ann}: synthetic data was generated with {found} but data.synthetic asks for {wanted} "
                     f"(expected equal: delete {root} to regenerate it, or point data.root elsewhere)"
                 )
             return
-        synthesize(root, n_train=s.n_train, n_val=s.n_val, seed=s.seed, image_size=(s.image_size, s.image_size))
+        synthesize(root, n_train=s.n_train, n_val=s.n_val, seed=s.seed, image_size=(s.image_size, s.image_size), **s.knobs())
 
 
 def build_dataset(cfg: Config, train: bool) -> CocoDetection:
