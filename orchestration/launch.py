@@ -1,4 +1,10 @@
-"""``tood-ablate``: run, resume and inspect ablation grids; render reports."""
+"""``tood-ablate``: run, resume and inspect ablation grids on Ray Tune; render reports.
+
+Python API: :func:`run_grid`, :func:`resume_launch`, :func:`launch_status`; the CLI
+(:func:`main`) is a thin layer over them. A launch lives in ``<storage>/<name>/``: Ray
+Tune's experiment state and checkpoints, plus ``tood_launch.json`` (what ``resume`` and
+``status`` need: MLflow URI, parent run id, options) and ``tood_trials.json``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,131 +12,187 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+from orchestration.tuner import make_tuner, ray_runtime, restore_tuner, set_log_level
 from tood.config import ConfigError, parse_override
 
-LAUNCH_FILE = "tood_launch.json"
+LAUNCH_FILE, TRIALS_FILE = "tood_launch.json", "tood_trials.json"
 
 
-def _storage(path: str | None) -> Path:
+@dataclass
+class LaunchOptions:
+    """How a grid runs (the ``tood-ablate run`` flags)."""
+
+    profile: str = "proxy"
+    seeds: list[int] | None = None
+    address: str | None = None  # None: a local Ray runtime sized to this machine
+    gpus_per_trial: float = 0.0  # per worker when workers_per_trial > 1
+    cpus_per_trial: float = 1.0  # per worker when workers_per_trial > 1
+    workers_per_trial: int = 1
+    max_concurrent: int = 0  # 0: as many as the resources allow
+    tracking_uri: str | None = None
+    name: str | None = None
+    storage_path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    max_failures: int = 2
+    quiet: bool = False
+    log_checkpoints: bool = False
+
+
+@dataclass
+class LaunchResult:
+    name: str
+    path: Path  # <storage>/<name>
+    study: str
+    parent_run_id: str
+    tracking_uri: str
+    counts: dict[str, int]  # child runs by MLflow status
+
+    @property
+    def ok(self) -> bool:
+        return set(self.counts) == {"FINISHED"}
+
+
+def storage_root(path: str | None) -> Path:
     return Path(path or "runs/ray").resolve()
 
 
-def _init_ray(address: str | None) -> None:
-    import ray
+def check_options(opts: LaunchOptions) -> None:
+    """Resource and retry options that make sense, checked before any run is created."""
+    problems = [
+        (opts.workers_per_trial < 1, "--workers-per-trial", opts.workers_per_trial, "an integer >= 1"),
+        (opts.cpus_per_trial < 0, "--cpus-per-trial", opts.cpus_per_trial, "a number >= 0"),
+        (opts.gpus_per_trial < 0, "--gpus-per-trial", opts.gpus_per_trial, "a number >= 0"),
+        (opts.cpus_per_trial == 0 and opts.gpus_per_trial == 0, "--cpus-per-trial", 0, "> 0 when --gpus-per-trial is 0"),
+        (opts.max_failures < -1, "--max-failures", opts.max_failures, "an integer >= -1 (-1: no limit)"),
+        (opts.max_concurrent < 0, "--max-concurrent", opts.max_concurrent, "an integer >= 0 (0: no limit)"),
+    ]
+    for bad, flag, value, expected in problems:
+        if bad:
+            raise ConfigError(f"{flag}: got {value} (expected {expected})")
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
 
-
-def _fit(tuner, client, parent_id: str, quiet: bool) -> dict[str, int]:
+def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
+    """Run the Tuner, then reconcile the MLflow runs (also when Tune itself fails)."""
+    from orchestration.progress import MODE_ENV
     from orchestration.tracking import reconcile
 
-    results = tuner.fit()
-    errors = {}
-    for r in results:
-        if r.error is not None:
-            errors[r.config["trial"]["run_id"]] = f"{type(r.error).__name__}: {r.error}"
-    counts = reconcile(client, parent_id, errors)
-    if not quiet:
-        print(f"tood-ablate: trials by status: {counts}")
-    return counts
+    before = os.environ.get(MODE_ENV)
+    os.environ[MODE_ENV] = "off" if info["options"]["quiet"] else before or "auto"
+    try:
+        results = build().fit()
+    except Exception:
+        reconcile(client, info["parent_run_id"], {})
+        raise
+    finally:
+        os.environ.pop(MODE_ENV) if before is None else os.environ.__setitem__(MODE_ENV, before)
+    errors = {r.config["trial"]["run_id"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}
+    counts = reconcile(client, info["parent_run_id"], errors)
+    result = LaunchResult(info["name"], Path(info["path"]), info["study"], info["parent_run_id"], info["tracking_uri"], counts)
+    if not info["options"]["quiet"]:
+        print(f"tood-ablate: {info['name']}: trials by status {counts}", file=sys.stderr)
+        if counts.get("KILLED"):
+            print(f"tood-ablate: interrupted; continue with: tood-ablate resume {info['name']}"
+                  f" --storage-path {Path(info['path']).parent}", file=sys.stderr)
+    return result
 
 
-def _tuner(trials: list[dict], storage: Path, name: str, args):
-    from ray import tune
-
-    from orchestration.trainable import run_trial
-
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
-    trainable = tune.with_resources(run_trial, resources)
-    return tune.Tuner(
-        trainable,
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(max_concurrent_trials=args.max_concurrent),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            verbose=0 if args.quiet else 1,
-        ),
-    )
-
-
-def cmd_run(args) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from orchestration.grid import expand_grid
-    from orchestration.tracking import create_launch_runs, default_tracking_uri
+def _prepare_data(specs: list) -> None:
+    """Generate each synthetic proxy the trials need, once, before any trial starts."""
     from tood.config import build_config
     from tood.data.loaders import ensure_synthetic
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    overrides = dict(parse_override(o) for o in args.overrides)
-    grid, specs = expand_grid(args.grid, profile=args.profile, seeds=seeds, overrides=overrides)
     for spec in {json.dumps(s.config["data"], sort_keys=True): s for s in specs}.values():
-        ensure_synthetic(build_config(spec.config, spec.name).data)  # once, before trials start
-    name = args.name or f"{grid.study}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = _storage(args.storage_path)
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+        ensure_synthetic(build_config(spec.config, f"trial {spec.name}").data)
+
+
+def run_grid(grid_path: str | Path, opts: LaunchOptions | None = None) -> LaunchResult:
+    """Validate ``grid_path``, create its MLflow runs and run every trial on Ray Tune."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.grid import expand, load_grid, resolved_grid
+    from orchestration.tracking import create_launch_runs, default_tracking_uri
+    from orchestration.trainable import fault_plan
+
+    opts = opts or LaunchOptions()
+    check_options(opts)
+    set_log_level(opts.quiet)
+    grid = load_grid(grid_path)
+    specs = expand(grid, opts.profile, opts.seeds, opts.overrides)
+    name = opts.name or f"{grid.study}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = storage_root(opts.storage_path) / name
+    if (path / LAUNCH_FILE).exists():
+        raise ConfigError(f"{path}: a launch named '{name}' exists (expected a new --name, or `tood-ablate resume {name}`)")
+    _prepare_data(specs)
+    tracking_uri = opts.tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri)
-    parent_id, run_ids = create_launch_runs(client, tracking_uri, grid, specs, name, args.profile)
-    trials = [{**asdict(s), "run_id": rid, "tracking_uri": tracking_uri, "storage": str(storage / name)} for s, rid in zip(specs, run_ids)]
-    (storage / name).mkdir(parents=True, exist_ok=True)
-    launch = {"name": name, "grid": str(Path(args.grid).resolve()), "study": grid.study, "parent_run_id": parent_id, "tracking_uri": tracking_uri,
-              "trials": len(trials), "args": {k: v for k, v in vars(args).items() if k != "fn"}}
-    (storage / name / LAUNCH_FILE).write_text(json.dumps(launch, indent=2))
-    if not args.quiet:
-        print(f"tood-ablate: {len(trials)} trials of {grid.study} as '{name}'; MLflow {tracking_uri} parent run {parent_id}")
-    _init_ray(args.address)
-    counts = _fit(_tuner(trials, storage, name, args), client, parent_id, args.quiet)
-    return 0 if not counts.get("FAILED") and not counts.get("KILLED") else 1
+    seeds = opts.seeds if opts.seeds is not None else grid.seeds
+    parent_id, run_ids = create_launch_runs(client, grid.study, grid.table, opts.profile, str(grid.path),
+                                            resolved_grid(grid, seeds, opts.overrides), specs, name)
+    workers = max(1, opts.workers_per_trial)
+    trials = [{**asdict(s), "run_id": rid, "tracking_uri": tracking_uri, "storage": str(path), "workers": workers,
+               "cpus_per_worker": opts.cpus_per_trial, "gpus_per_worker": opts.gpus_per_trial,
+               "max_failures": opts.max_failures, "log_checkpoints": opts.log_checkpoints,
+               "fail_once_at_epoch": fault_plan(s.name)} for s, rid in zip(specs, run_ids)]
+    info = {"name": name, "path": str(path), "study": grid.study, "grid": str(Path(grid_path).resolve()),
+            "parent_run_id": parent_id, "tracking_uri": tracking_uri, "trials": len(trials), "options": asdict(opts)}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / TRIALS_FILE).write_text(json.dumps(trials))
+    (path / LAUNCH_FILE).write_text(json.dumps(info, indent=2))
+    if not opts.quiet:
+        print(f"tood-ablate: {len(trials)} trials of {grid.study} as '{name}' (storage {path}); "
+              f"MLflow {tracking_uri}, parent run {parent_id}", file=sys.stderr)
+    with ray_runtime(opts.address, opts.quiet):
+        return _fit(lambda: make_tuner(trials, path, opts, name), client, info)
 
 
-def _launch_info(name: str, storage_path: str | None) -> tuple[Path, dict]:
-    path = _storage(storage_path) / name
+def load_launch(name: str, storage_path: str | None = None) -> dict:
+    path = storage_root(storage_path) / name
     if not (path / LAUNCH_FILE).is_file():
-        raise ConfigError(f"{path / LAUNCH_FILE}: no grid launch named '{name}' under {path.parent}")
-    return path, json.loads((path / LAUNCH_FILE).read_text())
+        raise ConfigError(f"{path / LAUNCH_FILE}: no launch named '{name}' (expected one of the folders of {path.parent})")
+    return json.loads((path / LAUNCH_FILE).read_text())
 
 
-def cmd_resume(args) -> int:
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-
-    from orchestration.trainable import run_trial
-
-    path, info = _launch_info(args.name, args.storage_path)
-    saved = argparse.Namespace(**info["args"])
-    _init_ray(args.address or saved.address)
-    trainable = tune.with_resources(run_trial, {"cpu": saved.cpus_per_trial, "gpu": saved.gpus_per_trial})
-    tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    client = MlflowClient(info["tracking_uri"])
-    counts = _fit(tuner, client, info["parent_run_id"], args.quiet)
-    return 0 if not counts.get("FAILED") and not counts.get("KILLED") else 1
-
-
-def cmd_status(args) -> int:
+def resume_launch(name: str, storage_path: str | None = None, address: str | None = None, quiet: bool | None = None) -> LaunchResult:
+    """Finish an interrupted launch: unfinished and errored trials continue from their last
+    checkpoint in their own MLflow runs; finished trials are not re-run."""
     from mlflow.tracking import MlflowClient
 
-    _, info = _launch_info(args.name, args.storage_path)
+    from orchestration.tracking import reopen_parent
+
+    info = load_launch(name, storage_path)
+    opts = LaunchOptions(**info["options"])
+    if quiet is not None:
+        opts.quiet = info["options"]["quiet"] = quiet
+    path = Path(info["path"])
+    set_log_level(opts.quiet)
     client = MlflowClient(info["tracking_uri"])
-    parent = client.get_run(info["parent_run_id"])
-    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{info['parent_run_id']}'", max_results=10000)
-    print(f"{info['name']} ({info['study']}): parent {parent.info.status}, {len(runs)}/{info['trials']} trials")
-    for r in sorted(runs, key=lambda r: r.info.run_name):
-        ap = r.data.metrics.get("AP", r.data.metrics.get("epoch_AP"))
-        print(f"  {r.info.status:9s} {r.info.run_name:45s} AP={'-' if ap is None else f'{ap:.1f}'}")
-    return 0
+    reopen_parent(client, info["parent_run_id"])
+    trials = json.loads((path / TRIALS_FILE).read_text())
+    with ray_runtime(address or opts.address, opts.quiet):
+        return _fit(lambda: restore_tuner(path, trials, opts, name), client, info)
+
+
+def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, list[dict]]:
+    """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, child_runs
+
+    info = load_launch(name, storage_path)
+    client = MlflowClient(info["tracking_uri"])
+    info["parent_status"] = client.get_run(info["parent_run_id"]).info.status
+    rows = []
+    for run in sorted(child_runs(client, info["parent_run_id"]), key=lambda r: r.info.run_name):
+        history = client.get_metric_history(run.info.run_id, "loss_total")
+        metrics = run.data.metrics
+        rows.append({"status": run.info.status, "name": run.info.run_name, "attempts": run.data.tags.get(ATTEMPTS_TAG, "0"),
+                     "epoch": max((m.step for m in history), default=None), "AP": metrics.get("AP", metrics.get("epoch_AP")),
+                     "error": run.data.tags.get(ERROR_TAG, "")})
+    return info, rows
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,28 +200,55 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="launch a grid file (experiments/*.yaml)")
     r.add_argument("grid")
-    r.add_argument("--profile", default="proxy", help="config profile: proxy (CPU, synthetic) or coco")
-    r.add_argument("--seeds", help="comma-separated seeds replacing the grid's seeds, e.g. 0,1")
-    r.add_argument("--address", help="join a Ray cluster (auto, host:port or ray://host:port); default: local Ray")
-    r.add_argument("--gpus-per-trial", type=float, default=0.0)
-    r.add_argument("--cpus-per-trial", type=float, default=1.0)
-    r.add_argument("--max-concurrent", type=int, default=0, help="0 = as many as resources allow")
-    r.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
-    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlruns.db)")
-    r.add_argument("--name", help="launch name (default <study>-<time>)")
-    r.add_argument("--storage-path", help="Ray Tune results and checkpoints (default ./runs/ray; shared storage on a cluster)")
+    r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic) or coco")
+    r.add_argument("--seeds", help="comma-separated seeds replacing the grid's, e.g. 0,1")
+    r.add_argument("--address", help="join a Ray cluster: auto, host:port or ray://host:port (default: local Ray)")
+    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5 (per worker with --workers-per-trial)")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="per worker with --workers-per-trial")
+    r.add_argument("--workers-per-trial", type=int, default=1, help="data-parallel Ray Train workers per trial (DDP)")
+    r.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0: as many as resources allow)")
+    r.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint (-1: no limit)")
+    r.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db)")
+    r.add_argument("--name", help="launch name (default: <study>-<date>-<time>)")
+    r.add_argument("--storage-path", help="Tune results and checkpoints (default: <cwd>/runs/ray; shared storage on a cluster)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for every trial")
-    r.add_argument("--quiet", action="store_true")
-    r.set_defaults(fn=cmd_run)
-    for name, fn, text in (("resume", cmd_resume, "finish an interrupted launch"), ("status", cmd_status, "trials of a launch and their AP")):
+    r.add_argument("--log-checkpoints", action="store_true", help="also log each trial's final checkpoint to MLflow")
+    r.add_argument("--quiet", action="store_true", help="no progress output")
+    for name, text in (("resume", "finish an interrupted launch (finished trials are not re-run)"),
+                       ("status", "the trials of a launch, their state and AP")):
         s = sub.add_parser(name, help=text)
         s.add_argument("name")
-        s.add_argument("--storage-path")
-        s.add_argument("--address")
-        s.add_argument("--quiet", action="store_true")
-        s.set_defaults(fn=fn)
-    sub.add_parser("report", help="render tables/plots/HTML from MLflow (see `tood-ablate report --help`)", add_help=False)
+        s.add_argument("--storage-path", help="as given to `run` (default: <cwd>/runs/ray)")
+        if name == "resume":
+            s.add_argument("--address", help="Ray cluster to join (default: the launch's)")
+            s.add_argument("--quiet", action="store_true", default=None)
+    sub.add_parser("report", help="tables, plots and HTML from MLflow (`tood-ablate report --help`)", add_help=False)
     return p
+
+
+def _options(args: argparse.Namespace) -> LaunchOptions:
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)") from None
+    return LaunchOptions(
+        profile=args.profile, seeds=seeds, address=args.address, gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
+        tracking_uri=args.tracking_uri, name=args.name, storage_path=args.storage_path,
+        overrides=dict(parse_override(o) for o in args.overrides), max_failures=args.max_failures, quiet=args.quiet,
+        log_checkpoints=args.log_checkpoints)
+
+
+def _print_status(name: str, storage_path: str | None) -> None:
+    info, rows = launch_status(name, storage_path)
+    print(f"{info['name']} ({info['study']}): parent {info['parent_status']}, {len(rows)} trials, MLflow {info['tracking_uri']}")
+    for r in rows:
+        ap = "-" if r["AP"] is None else f"{r['AP']:.1f}"
+        epoch = "-" if r["epoch"] is None else str(r["epoch"])
+        print(f"  {r['status']:9s} {r['name']:48s} epoch {epoch:>3s}  AP {ap:>5s}  attempts {r['attempts']}"
+              + (f"  error: {r['error'][:120]}" if r["error"] and r["status"] != "FINISHED" else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        if args.command == "run":
+            return 0 if run_grid(args.grid, _options(args)).ok else 1
+        if args.command == "resume":
+            return 0 if resume_launch(args.name, args.storage_path, args.address, args.quiet).ok else 1
+        _print_status(args.name, args.storage_path)
+        return 0
     except ConfigError as e:
         print(f"tood-ablate: error: {e}", file=sys.stderr)
         return 2

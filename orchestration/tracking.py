@@ -1,9 +1,10 @@
-"""MLflow layout of a grid launch (the schema the reports package reads).
+"""MLflow layout of a grid launch (the schema in CONTRACTS.md, read by ``reports``).
 
 One experiment per study (``tood-ablate/<study>``), one parent run per launch and one
 nested child run per trial. The driver creates all of them before any trial starts
-(first-time sqlite initialisation races otherwise) and hands each trial its run id,
-so a retried or resumed trial always continues its own run.
+(first-time sqlite initialisation races otherwise) and hands each trial its run id, so
+a retried or resumed trial always continues its own run. Only ``MlflowClient`` is used
+(no fluent global state), so trials in one process never share an active run.
 """
 from __future__ import annotations
 
@@ -12,111 +13,186 @@ import os
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import yaml
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tood.config import flatten
 
 EXPERIMENT_PREFIX = "tood-ablate/"
 ACTIVE = ("RUNNING", "SCHEDULED")
+ERROR_TAG, ATTEMPTS_TAG = "tood.error", "tood.attempts"
+T = TypeVar("T")
 
 
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` or an embedded sqlite store in the working directory."""
+    """``$MLFLOW_TRACKING_URI``, else an embedded sqlite store ``<cwd>/mlruns.db`` (absolute)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
 
 
-def default_artifact_root() -> str:
-    return Path("mlartifacts").resolve().as_uri()
-
-
 def git_commit() -> str:
+    """``git rev-parse HEAD`` of this checkout, 'unknown' outside a git work tree."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
-        return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def ensure_experiment(client: MlflowClient, study: str, tracking_uri: str) -> str:
+def retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call an MLflow client method, retrying while a sqlite store is locked by another trial."""
+    for attempt in range(8):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # sqlalchemy's OperationalError arrives wrapped or bare
+            if "locked" not in str(e) or attempt == 7:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(client: MlflowClient, study: str) -> str:
+    """Id of experiment ``tood-ablate/<study>``; created with artifacts under ``<cwd>/mlartifacts``
+    for a local (sqlite/file) store, under the server's artifact root otherwise."""
     name = EXPERIMENT_PREFIX + study
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = default_artifact_root() if tracking_uri.startswith("sqlite:") else None
-    return client.create_experiment(name, artifact_location=location)
+    local = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
+    location = (Path("mlartifacts").resolve() / "tood-ablate" / study).as_uri() if local else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another launch
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
-def create_launch_runs(client: MlflowClient, tracking_uri: str, grid, trials: list, launch_name: str, profile: str) -> tuple[str, list[str]]:
-    """Create the parent run and one SCHEDULED child run per trial; returns their ids."""
-    exp_id = ensure_experiment(client, grid.study, tracking_uri)
-    commit = git_commit()
-    parent = client.create_run(
-        exp_id,
-        run_name=launch_name,
-        tags={
-            "tood.role": "parent", "tood.study": grid.study, "tood.table": grid.table, "tood.profile": profile,
-            "tood.grid_file": str(grid.path), "tood.seeds": ",".join(str(s) for s in sorted({t.seed for t in trials})),
-            "tood.num_trials": str(len(trials)), "tood.git_commit": commit,
-        },
-    ).info.run_id
+def _log_yaml(client: MlflowClient, run_id: str, name: str, data: Any) -> None:
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "grid.yaml").write_text(yaml.safe_dump(grid.raw, sort_keys=False))
-        client.log_artifact(parent, str(Path(d) / "grid.yaml"))
+        path = Path(d) / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False) if name.endswith(".yaml") else json.dumps(data, indent=2))
+        retry(client.log_artifact, run_id, str(path))
+
+
+def trial_tags(spec: Any, parent_id: str, commit: str) -> dict[str, str]:
+    """Tags of a child run (``spec``: an :class:`orchestration.grid.TrialSpec`)."""
+    return {
+        "mlflow.parentRunId": parent_id, "tood.role": "trial", "tood.study": spec.study, "tood.table": spec.table,
+        "tood.row": spec.row_label, "tood.row_index": str(spec.row_index), "tood.profile": spec.profile,
+        "tood.seed": str(spec.seed), "tood.git_commit": commit, ATTEMPTS_TAG: "0",
+        **{f"tood.factor.{k}": str(v) for k, v in spec.factors.items()},
+        **{f"tood.paper.{k}": str(v) for k, v in spec.paper.items()},
+    }
+
+
+def create_launch_runs(client: MlflowClient, study: str, table: str, profile: str, grid_file: str, grid_yaml: dict,
+                       specs: list, launch_name: str) -> tuple[str, list[str]]:
+    """The parent run (RUNNING) and one SCHEDULED child per trial spec; returns their ids."""
+    exp_id = ensure_experiment(client, study)
+    commit = git_commit()
+    parent = client.create_run(exp_id, run_name=launch_name, tags={
+        "tood.role": "parent", "tood.study": study, "tood.table": table, "tood.profile": profile,
+        "tood.grid_file": grid_file, "tood.seeds": ",".join(str(s) for s in grid_yaml["seeds"]),
+        "tood.num_trials": str(len(specs)), "tood.git_commit": commit,
+    }).info.run_id
+    _log_yaml(client, parent, "grid.yaml", grid_yaml)
     child_ids = []
-    for t in trials:
-        tags = {
-            "mlflow.parentRunId": parent, "tood.role": "trial", "tood.study": t.study, "tood.table": t.table,
-            "tood.row": t.row_label, "tood.row_index": str(t.row_index), "tood.profile": profile, "tood.seed": str(t.seed),
-            "tood.git_commit": commit, "tood.trial_name": t.name,
-            **{f"tood.factor.{k}": str(v) for k, v in t.factors.items()},
-            **{f"tood.paper.{k}": str(v) for k, v in t.paper.items()},
-        }
-        run_id = client.create_run(exp_id, run_name=t.name, tags=tags).info.run_id
-        params = {k: str(v)[:500] for k, v in flatten(t.config).items()}
-        items = list(params.items())
-        for i in range(0, len(items), 100):
-            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
+    for spec in specs:
+        run_id = client.create_run(exp_id, run_name=spec.name, tags=trial_tags(spec, parent, commit)).info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(spec.config).items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i : i + 100])
         client.update_run(run_id, status="SCHEDULED")
         child_ids.append(run_id)
     return parent, child_ids
 
 
+@dataclass
+class Attempt:
+    number: int  # 1 for the first start of the trial
+    finished: bool  # the run already FINISHED (a resumed launch must not re-run it)
+    final_metrics: dict[str, float]
+
+
+def start_attempt(client: MlflowClient, run_id: str) -> Attempt:
+    """Mark a child run RUNNING and count the attempt, unless it already FINISHED."""
+    run = retry(client.get_run, run_id)
+    if run.info.status == "FINISHED":
+        return Attempt(int(run.data.tags.get(ATTEMPTS_TAG, "1")), True, dict(run.data.metrics))
+    number = int(run.data.tags.get(ATTEMPTS_TAG, "0")) + 1
+    retry(client.set_tag, run_id, ATTEMPTS_TAG, str(number))
+    retry(client.update_run, run_id, status="RUNNING")
+    return Attempt(number, False, {})
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Metrics at ``step`` (the epoch); NaN values (e.g. APl without large objects) are skipped."""
     ts = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items() if v == v])
+    batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if float(v) == float(v)]
+    if batch:
+        retry(client.log_batch, run_id, metrics=batch)
 
 
-def log_final(client: MlflowClient, run_id: str, config: dict[str, Any], metrics: dict[str, float]) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (Path(d) / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        client.log_artifact(run_id, str(Path(d) / "config.yaml"))
-        client.log_artifact(run_id, str(Path(d) / "metrics.json"))
+def finish_trial(client: MlflowClient, run_id: str, config: dict, metrics: dict[str, float], step: int,
+                 checkpoint: Path | None = None) -> None:
+    """Artifacts config.yaml, metrics.json (+ the checkpoint), final metrics not yet logged
+    (a trial resumed from its last checkpoint logged them before), status FINISHED."""
+    logged = retry(client.get_run, run_id).data
+    log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in logged.metrics and k != "epoch"}, step)
+    _log_yaml(client, run_id, "config.yaml", config)
+    _log_yaml(client, run_id, "metrics.json", metrics)
+    if checkpoint is not None:
+        retry(client.log_artifact, run_id, str(checkpoint), "checkpoint")
+    if ERROR_TAG in logged.tags:  # an earlier attempt failed; this one did not
+        retry(client.delete_tag, run_id, ERROR_TAG)
+    retry(client.set_terminated, run_id, "FINISHED")
 
 
-def reconcile(client: MlflowClient, parent_id: str, errors: dict[str, str], finished: bool = True) -> dict[str, int]:
-    """After a launch: no child stays RUNNING/SCHEDULED. Children with an error -> FAILED
-    (error kept as a tag); others never finished -> KILLED. Parent FINISHED, or FAILED if
-    any trial failed. Returns counts by status."""
-    parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=10000)
+def record_error(client: MlflowClient, run_id: str, error: BaseException, final: bool) -> None:
+    """Tag the error; FAILED only on the last allowed attempt (a retry continues the run)."""
+    retry(client.set_tag, run_id, ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
+    if final:
+        retry(client.set_terminated, run_id, "FAILED")
+
+
+def child_runs(client: MlflowClient, parent_id: str) -> list:
+    """All child runs of a launch (every page)."""
+    exp_id = client.get_run(parent_id).info.experiment_id
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def reopen_parent(client: MlflowClient, parent_id: str) -> None:
+    """A resumed launch: the parent is RUNNING again until it reconciles."""
+    retry(client.update_run, parent_id, status="RUNNING")
+
+
+def reconcile(client: MlflowClient, parent_id: str, errors: dict[str, str]) -> dict[str, int]:
+    """After ``Tuner.fit()``: no child stays RUNNING/SCHEDULED. A child Tune reports as errored
+    -> FAILED (keeping the trial's own ``tood.error`` if it set one); others unfinished (an
+    interrupted launch) -> KILLED. Parent: FAILED if a trial failed, KILLED if one was
+    interrupted, else FINISHED. Returns the children's counts by status."""
     counts: dict[str, int] = {}
-    for run in runs:
-        status = run.info.status
-        if status in ACTIVE and finished:
-            rid = run.info.run_id
-            if rid in errors:
-                client.set_tag(rid, "tood.error", errors[rid][:5000])
-                status = "FAILED"
-            else:
-                status = "KILLED"
-            client.set_terminated(rid, status)
+    for run in child_runs(client, parent_id):
+        rid, status = run.info.run_id, run.info.status
+        if status in ACTIVE:
+            status = "FAILED" if rid in errors else "KILLED"
+            if rid in errors and ERROR_TAG not in run.data.tags:
+                retry(client.set_tag, rid, ERROR_TAG, errors[rid][:5000])
+            retry(client.set_terminated, rid, status)
         counts[status] = counts.get(status, 0) + 1
-    if finished:
-        client.set_terminated(parent_id, "FAILED" if counts.get("FAILED") else "FINISHED")
+    parent = "FAILED" if counts.get("FAILED") else "KILLED" if counts.get("KILLED") else "FINISHED"
+    retry(client.set_terminated, parent_id, parent)
     return counts

@@ -1,71 +1,168 @@
-"""The Ray Tune trainable: one trial = one ``tood.engine.train`` run tracked in MLflow.
+"""The Ray Tune trainable: one trial = one ``tood.engine.train`` run tracked in its own MLflow run.
 
-Each epoch's checkpoint goes to Tune with ``tune.report``; a retried trial restores
-it with ``tune.get_checkpoint`` and continues in the same MLflow run (its id is part
-of the trial's config, created by the driver).
+``config["trial"]`` (built by ``orchestration.launch``) holds the resolved tood config,
+the MLflow run id the driver created for the trial, the tracking URI and the launch's
+storage folder. One worker: training runs in the trial process; every epoch's
+checkpoint goes to Tune with ``tune.report``, and a retried trial restores it with
+``tune.get_checkpoint()``. Several workers: the trial drives a Ray Train ``TorchTrainer``
+whose workers all call ``train()`` under a torch process group (DDP); rank 0 checkpoints
+into the launch's storage folder (shared storage on a cluster), where a retry resumes.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestration.tracking import log_final, log_metrics
+from orchestration import tracking
 from tood.config import build_config
 
-FAIL_ONCE_ENV = "TOOD_FAIL_ONCE_AT_EPOCH"  # fault injection for tests: fail once after this epoch
+FAIL_ONCE_ENV = "TOOD_FAIL_ONCE_AT_EPOCH"  # fault injection (tests): fail once after this epoch's checkpoint
+FAIL_ONCE_TRIAL_ENV = "TOOD_FAIL_ONCE_TRIAL"  # ... only in trials whose name contains this text
+STATE_FILE = "trial_state.json"
 
 
 class InjectedFault(RuntimeError):
-    pass
+    """Raised once by fault injection; the trial is then retried from its checkpoint."""
 
 
-def _maybe_inject_fault(epoch: int, marker_dir: Path) -> None:
-    at = os.environ.get(FAIL_ONCE_ENV)
-    marker = marker_dir / "injected_fault"
-    if at and int(at) == epoch and not marker.exists():
-        marker.write_text(str(epoch))
-        raise InjectedFault(f"injected fault after epoch {epoch} ({FAIL_ONCE_ENV})")
+def fault_plan(name: str) -> int | None:
+    """Epoch after which trial ``name`` fails once, from the driver's environment (None: never)."""
+    at, only = os.environ.get(FAIL_ONCE_ENV), os.environ.get(FAIL_ONCE_TRIAL_ENV, "")
+    return int(at) if at and only in name else None
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    trial = config["trial"]
+def _maybe_fail(trial: dict[str, Any], epoch: int) -> None:
+    """Fail once after epoch ``trial['fail_once_at_epoch']``; a marker file in the launch's
+    storage folder makes the retry go through."""
+    if trial.get("fail_once_at_epoch") != epoch:
+        return
+    marker = Path(trial["storage"]) / "faults" / trial["run_id"]
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(epoch))
+    raise InjectedFault(f"injected fault after epoch {epoch} of {trial['name']} ({FAIL_ONCE_ENV})")
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def _mlflow_log(client: MlflowClient, run_id: str) -> Callable[[dict[str, float], int], None]:
+    return lambda metrics, step: tracking.log_metrics(client, run_id, metrics, step)
+
+
+def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -> tuple[dict[str, float], Path | None]:
+    """Train in this process with Tune checkpoints; returns (final metrics, checkpoint)."""
+    from tood.engine import train
+
     cfg = build_config(trial["config"], f"trial {trial['name']}")
-    client = MlflowClient(trial["tracking_uri"])
-    run_id = trial["run_id"]
-    work = Path(tempfile.mkdtemp(prefix="tood-trial-"))
-    marker_dir = Path(trial["storage"]) / "faults" / run_id
-    marker_dir.mkdir(parents=True, exist_ok=True)
-    resume: bool | Path = False
+    resume = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             shutil.copy(Path(d) / "last.pt", work / "last.pt")
-        resume = work / "last.pt"
-        client.set_tag(run_id, "tood.resumed_from_epoch", "checkpoint")
-    client.update_run(run_id, status="RUNNING")
+            epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
+        tracking.retry(client.set_tag, trial["run_id"], "tood.resumed_from_epoch", str(epoch))
+        resume = True
 
     def on_epoch_end(end) -> None:
         with tempfile.TemporaryDirectory() as d:
             shutil.copy(end.checkpoint, Path(d) / "last.pt")
-            report = {k: float(v) for k, v in end.metrics.items()}
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
-        _maybe_inject_fault(end.epoch, marker_dir)
+            (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial["run_id"]}))
+            tune.report(_floats(end.metrics), checkpoint=tune.Checkpoint.from_directory(d))
+        _maybe_fail(trial, end.epoch)
 
+    result = train(cfg, work, resume=resume, log=_mlflow_log(client, trial["run_id"]), on_epoch_end=on_epoch_end,
+                   extra_state={"mlflow_run_id": trial["run_id"]}, progress=False)
+    return _floats(result.metrics), result.checkpoint
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train worker: ``train()`` under the process group TorchTrainer set up; rank 0 logs,
+    checkpoints into the shared work dir and writes the final metrics there."""
+    import ray.train
+    import ray.train.torch
+
+    from tood.engine import train
+
+    trial, work = config["trial"], Path(config["work_dir"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ray.train.torch.get_device())  # train() uses the current device
+    cfg = build_config(trial["config"], f"trial {trial['name']}")
+    log = _mlflow_log(MlflowClient(trial["tracking_uri"]), trial["run_id"]) if rank == 0 else None
+
+    def on_epoch_end(end) -> None:  # called on rank 0 only
+        (work / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial["run_id"]}))
+        _maybe_fail(trial, end.epoch)
+
+    result = train(cfg, work, resume=True, log=log, on_epoch_end=on_epoch_end,
+                   extra_state={"mlflow_run_id": trial["run_id"]}, progress=False)
+    if rank == 0:
+        (work / "final_metrics.json").write_text(json.dumps(_floats(result.metrics)))
+
+
+def _train_data_parallel(trial: dict[str, Any], client: MlflowClient, work: Path, attempt: int) -> tuple[dict[str, float], Path | None]:
+    """Drive a TorchTrainer of ``trial['workers']`` workers (gloo on CPU, nccl on GPU)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    (work / "final_metrics.json").unlink(missing_ok=True)
+    if (work / STATE_FILE).exists():
+        epoch = json.loads((work / STATE_FILE).read_text())["epoch"]
+        tracking.retry(client.set_tag, trial["run_id"], "tood.resumed_from_epoch", str(epoch))
+    use_gpu = trial["gpus_per_worker"] > 0
+    resources = {"CPU": trial["cpus_per_worker"], **({"GPU": trial["gpus_per_worker"]} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"trial": trial, "work_dir": str(work)},
+        scaling_config=ScalingConfig(num_workers=trial["workers"], use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        # Retries belong to Tune (one failure budget per trial); a retry resumes from work/last.pt.
+        run_config=RunConfig(name=f"{trial['run_id']}-attempt{attempt}", storage_path=str(Path(trial["storage"]) / "train"),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    trainer.fit()
+    checkpoint = work / "last.pt"
+    return json.loads((work / "final_metrics.json").read_text()), checkpoint if checkpoint.exists() else None
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable of one grid trial (see module docstring)."""
+    trial = config["trial"]
+    run_id = trial["run_id"]
+    client = MlflowClient(trial["tracking_uri"])
+    attempt = tracking.start_attempt(client, run_id)
+    if attempt.finished:  # finished before the launch was interrupted: report, do not re-run
+        tune.report({**attempt.final_metrics, "already_finished": 1.0})
+        return
+    torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
+    parallel = trial["workers"] > 1
+    # Data parallel: rank 0 checkpoints where every retry (on any node) finds it: shared storage.
+    work = Path(trial["storage"]) / "work" / run_id if parallel else Path(tempfile.mkdtemp(prefix="tood-trial-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        from tood.engine import train
-
-        result = train(cfg, work, resume=resume, log=lambda m, step: log_metrics(client, run_id, m, step), on_epoch_end=on_epoch_end, progress=False)
-        final = {k: float(v) for k, v in result.metrics.items()}
-        log_final(client, run_id, trial["config"], final)
-        client.set_terminated(run_id, "FINISHED")
+        if parallel:
+            metrics, checkpoint = _train_data_parallel(trial, client, work, attempt.number)
+            tune.report(metrics)  # the workers report nothing per epoch: rank 0 alone sees the epoch end
+        else:
+            metrics, checkpoint = _train_in_process(trial, client, work)
+        tracking.finish_trial(client, run_id, trial["config"], metrics, step=trial["config"]["train"]["epochs"],
+                              checkpoint=checkpoint if trial.get("log_checkpoints") else None)
     except Exception as e:
-        client.set_tag(run_id, "tood.error", f"{type(e).__name__}: {e}"[:5000])
+        budget = trial["max_failures"]
+        tracking.record_error(client, run_id, e, final=budget >= 0 and attempt.number > budget)
         raise
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not parallel:
+            shutil.rmtree(work, ignore_errors=True)

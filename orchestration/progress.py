@@ -1,0 +1,116 @@
+"""Live progress of a grid launch: one line per trial (pending / running / done / failed,
+epoch, latest AP, retries), as a rich table on a terminal or as change lines in a log.
+
+The mode comes from ``$TOOD_ABLATE_PROGRESS`` (``auto`` | ``live`` | ``lines`` | ``off``),
+set by the driver for each launch or resume: the callback itself is pickled into the
+Tune experiment state and must not carry a terminal with it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune import Callback
+
+MODE_ENV = "TOOD_ABLATE_PROGRESS"
+STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "done", "ERROR": "failed"}
+
+
+@dataclass(frozen=True)
+class TrialLine:
+    name: str
+    state: str  # pending | running | done | failed
+    epoch: int | None
+    ap: float | None  # final AP, else the latest epoch_AP
+    retries: int
+
+
+def trial_line(trial: Any) -> TrialLine:
+    """Summary of a ``ray.tune.experiment.Trial``."""
+    result = trial.last_result or {}
+    ap = result.get("AP", result.get("epoch_AP"))
+    epoch = result.get("epoch")
+    return TrialLine(
+        name=trial.config.get("trial", {}).get("name", str(trial)), state=STATES.get(trial.status, trial.status.lower()),
+        epoch=int(epoch) if epoch is not None else None, ap=None if ap is None or math.isnan(ap) else float(ap),
+        retries=int(getattr(trial, "num_failures", 0)),
+    )
+
+
+def describe(line: TrialLine, epochs: int | None = None) -> list[str]:
+    """Cells: name, state (with retries), epoch, AP."""
+    state = line.state + (f" (retry {line.retries})" if line.retries and line.state == "running" else "")
+    epoch = "-" if line.epoch is None else f"{line.epoch}" + (f"/{epochs}" if epochs else "")
+    return [line.name, state, epoch, "-" if line.ap is None else f"{line.ap:.1f}"]
+
+
+def counts(lines: list[TrialLine]) -> str:
+    """'3 done, 1 running, 2 pending' (states present only)."""
+    order = ("done", "running", "pending", "failed")
+    return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
+
+
+class ProgressTable(Callback):
+    """Tune callback rendering the trials' progress (see module docstring)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self._live = None
+        self._seen: dict[str, TrialLine] = {}
+        self._mode = "off"
+
+    def __getstate__(self) -> dict:
+        return {"title": self.title}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["title"])
+
+    def setup(self, **info: Any) -> None:
+        mode = os.environ.get(MODE_ENV, "auto")
+        if mode == "auto":
+            mode = "live" if sys.stderr.isatty() else "lines"
+        self._mode = mode
+        if mode == "live":
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(console=Console(stderr=True), refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def _table(self, lines: list[TrialLine]):
+        from rich.table import Table
+
+        table = Table(title=f"{self.title}: {counts(lines)}", title_justify="left")
+        for column in ("trial", "state", "epoch", "AP"):
+            table.add_column(column, justify="right" if column in ("epoch", "AP") else "left")
+        style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
+        for line in lines:
+            table.add_row(*describe(line), style=style.get(line.state))
+        return table
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._render(trials)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._render(trials)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _render(self, trials: list) -> None:
+        if self._mode not in ("live", "lines"):
+            return
+        lines = [trial_line(t) for t in trials]
+        changed = [l for l in lines if self._seen.get(l.name) != l]
+        if not changed:
+            return
+        self._seen.update({l.name: l for l in changed})
+        if self._live is not None:
+            self._live.update(self._table(lines))
+            return
+        for line in changed:
+            name, state, epoch, ap = describe(line)
+            print(f"[{counts(lines)}] {name}: {state}, epoch {epoch}, AP {ap}", file=sys.stderr, flush=True)

@@ -1,0 +1,324 @@
+"""Grid launches on a real local Ray runtime, tracked in a real sqlite MLflow store.
+
+The end-to-end tests run the ``tood-ablate`` CLI as a subprocess in its own session (so
+that the test can interrupt it, and can kill whatever it leaves behind) on the smoke
+grid, then read the MLflow store back through ``MlflowClient``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestration.grid import expand_grid, load_grid, resolved_grid
+from orchestration.launch import main
+from orchestration.progress import counts, describe, trial_line
+from orchestration.tracking import create_launch_runs, finish_trial, reconcile, record_error, start_attempt
+from tood.config import build_config, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "experiments/smoke.yaml"
+FINAL = ("AP", "AP50", "AP75", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
+
+
+os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TOOD_RAY_OBJECT_STORE_MB": "100", "PYTHONUNBUFFERED": "1", **extra}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "TOOD_FAIL_ONCE_AT_EPOCH", "TOOD_FAIL_ONCE_TRIAL"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestration.launch", *args]
+
+
+class Driver:
+    """A ``tood-ablate`` subprocess in its own process group; ``stop`` kills what is left of it."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict | None = None):
+        self.log = cwd / f"driver-{time.monotonic_ns()}.log"
+        self.proc = subprocess.Popen(_cli(*args), cwd=cwd, env=env or _env(), stdout=self.log.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start CLI commands in tmp_path (storage tmp_path/ray, store tmp_path/mlruns.db); kill leftovers after."""
+    drivers: list[Driver] = []
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+    def start(command: str, *args: str, env: dict | None = None) -> Driver:
+        common = ["--storage-path", str(tmp_path / "ray"), "--quiet"]
+        if command == "run":
+            common += ["--tracking-uri", uri]
+        drivers.append(Driver(tmp_path, command, *args, *common, env=env))
+        return drivers[-1]
+
+    yield SimpleNamespace(start=start, uri=uri, path=tmp_path)
+    for d in drivers:
+        d.stop()
+
+
+def _study_runs(uri: str, study: str = "smoke"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"tood-ablate/{study}")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("tood.role") == "parent"]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("tood.role") == "trial"}
+    assert len(children) == len(runs) - len(parents), "two child runs with the same trial name"
+    return client, parents, children
+
+
+def _steps(client: MlflowClient, run, metric: str = "loss_total") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+
+
+def _download(client: MlflowClient, run_id: str, name: str, dst: Path) -> str:
+    return Path(client.download_artifacts(run_id, name, str(dst))).read_text()
+
+
+# ------------------------------------------------------------------ end to end on local Ray
+
+
+def test_smoke_grid_end_to_end(launch, monkeypatch):
+    monkeypatch.chdir(launch.path)  # relative data roots resolve as in the driver
+    t0 = time.monotonic()
+    driver = launch.start("run", str(SMOKE), "--name", "e2e")
+    assert driver.wait(timeout=600) == 0, driver.output()
+    print(f"smoke grid wall time: {time.monotonic() - t0:.1f} s")
+    client, parents, children = _study_runs(launch.uri)
+    (parent,) = parents
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "e2e"
+    tags = parent.data.tags
+    assert (tags["tood.study"], tags["tood.table"], tags["tood.profile"], tags["tood.seeds"], tags["tood.num_trials"]) == (
+        "smoke", "smoke", "proxy", "0", "2")
+    grid = yaml.safe_load(_download(client, parent.info.run_id, "grid.yaml", launch.path))
+    assert [r["label"] for r in grid["rows"]] == ["parallel head + ATSS", "T-head + TAL"] and grid["seeds"] == [0]
+
+    specs = {s.name: s for s in expand_grid(SMOKE)}
+    assert set(children) == set(specs) == {"head=parallel,assigner=atss,seed=0", "head=t_head,assigner=tal,seed=0"}
+    for name, run in children.items():
+        spec, t = specs[name], run.data.tags
+        assert run.info.status == "FINISHED" and t["mlflow.parentRunId"] == parent.info.run_id
+        assert (t["tood.role"], t["tood.row"], t["tood.row_index"], t["tood.seed"], t["tood.attempts"]) == (
+            "trial", spec.row_label, str(spec.row_index), "0", "1")
+        assert t["tood.factor.head"] == spec.factors["head"] and t["tood.factor.assigner"] == spec.factors["assigner"]
+        assert float(t["tood.paper.AP"]) == spec.paper["AP"] and "tood.error" not in t
+        assert len(t["tood.git_commit"]) == 40 or t["tood.git_commit"] == "unknown"
+        m = run.data.metrics
+        assert set(FINAL) <= set(m) and 0 <= m["AP"] <= 100 and -1 <= m["PCC"] <= 1 and 0 <= m["top10_iou"] <= 1
+        assert all(m[k] == int(m[k]) >= 0 for k in ("n_correct", "n_redundant", "n_error"))
+        assert _steps(client, run) == [1, 2] and _steps(client, run, "epoch_AP") == [1, 2]
+        assert [x.step for x in client.get_metric_history(run.info.run_id, "AP")] == [2]
+        # params: the flattened resolved config; artifacts: that config and the final metrics
+        params = run.data.params
+        assert params["model.head.type"] == spec.config["model"]["head"]["type"] and params["train.epochs"] == "2"
+        assert set(params) == set(flatten(spec.config))
+        config = yaml.safe_load(_download(client, run.info.run_id, "config.yaml", launch.path / name))
+        assert config == spec.config and build_config(config, name).model.head.type == spec.factors["head"]
+        final = json.loads(_download(client, run.info.run_id, "metrics.json", launch.path / name))
+        assert final["AP"] == pytest.approx(m["AP"]) and final["n_error"] == m["n_error"]
+
+    status = subprocess.run(_cli("status", "e2e", "--storage-path", str(launch.path / "ray")), cwd=launch.path,
+                            env=_env(), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "parent FINISHED, 2 trials" in status.stdout
+    assert status.stdout.count("FINISHED  head=") == 2 and "epoch   2" in status.stdout
+
+    again = subprocess.run(_cli("run", str(SMOKE), "--name", "e2e", "--storage-path", str(launch.path / "ray"), "--tracking-uri",
+                                launch.uri), cwd=launch.path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "a launch named 'e2e' exists" in again.stderr
+    assert len(_study_runs(launch.uri)[1]) == 1  # nothing created
+
+
+def test_failed_trial_is_retried_from_its_checkpoint_in_the_same_run(launch):
+    env = _env(TOOD_FAIL_ONCE_AT_EPOCH="1", TOOD_FAIL_ONCE_TRIAL="t_head")
+    driver = launch.start("run", str(SMOKE), "--name", "retry", env=env)
+    assert driver.wait(timeout=600) == 0, driver.output()
+    client, parents, children = _study_runs(launch.uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2  # no duplicate runs
+    failed_once = children["head=t_head,assigner=tal,seed=0"]
+    assert failed_once.info.status == "FINISHED" and failed_once.data.tags["tood.attempts"] == "2"
+    assert failed_once.data.tags["tood.resumed_from_epoch"] == "1" and "tood.error" not in failed_once.data.tags
+    assert _steps(client, failed_once) == [1, 2]  # epoch 1 before the fault, epoch 2 after the restore: once each
+    other = children["head=parallel,assigner=atss,seed=0"]
+    assert other.data.tags["tood.attempts"] == "1" and "tood.resumed_from_epoch" not in other.data.tags
+    assert (launch.path / "ray/retry/faults" / failed_once.info.run_id).read_text() == "1"
+
+
+@pytest.mark.slow
+def test_trial_out_of_retries_ends_failed(launch):
+    env = _env(TOOD_FAIL_ONCE_AT_EPOCH="1", TOOD_FAIL_ONCE_TRIAL="parallel")
+    driver = launch.start("run", str(SMOKE), "--name", "fail", "--max-failures", "0", env=env)
+    assert driver.wait(timeout=600) == 1, driver.output()
+    client, parents, children = _study_runs(launch.uri)
+    assert parents[0].info.status == "FAILED"
+    failed = children["head=parallel,assigner=atss,seed=0"]
+    assert failed.info.status == "FAILED" and "InjectedFault: injected fault after epoch 1" in failed.data.tags["tood.error"]
+    assert _steps(client, failed) == [1]
+    assert children["head=t_head,assigner=tal,seed=0"].info.status == "FINISHED"
+
+
+def test_bad_grid_or_options_fail_before_anything_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"study: s\ntable: smoke\nbase: {ROOT / 'experiments/base.yaml'}\nrows:\n  - label: a\n    factors: {{assigner: atts}}\n")
+    cases = [
+        (["run", str(bad)], "bad.yaml: rows[0].factors.assigner: unknown value 'atts' (expected one of: tal, atss, max_iou, center_sampling)"),
+        (["run", str(SMOKE), "--seeds", "0,x"], "--seeds: got '0,x' (expected comma-separated integers"),
+        (["run", str(SMOKE), "--seeds", "1,1"], "--seeds: got [1, 1] (expected a non-empty list of distinct"),
+        (["run", str(SMOKE), "--cpus-per-trial", "-1"], "--cpus-per-trial: got -1.0 (expected a number >= 0)"),
+        (["run", str(SMOKE), "--workers-per-trial", "0"], "--workers-per-trial: got 0 (expected an integer >= 1)"),
+        (["run", str(SMOKE), "--set", "train.epoch=3"], "--set: override train.epoch: unknown key 'train.epoch'; did you mean 'epochs'?"),
+        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy)"),
+        (["status", "nothing"], "no launch named 'nothing'"),
+        (["resume", "nothing"], "no launch named 'nothing'"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("tood-ablate: error: ") and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no store, no storage, no data
+
+
+# ------------------------------------------------------------------ interruption and resume
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigint_then_sigkill", "sigkill"])
+def test_interrupted_driver_is_resumed_without_duplicates(launch, how):
+    """Kill the driver once a trial finished; `resume` finishes the grid in the same runs and
+    does not run the finished trials again."""
+    driver = launch.start("run", str(SMOKE), "--name", "cut", "--seeds", "0,1", "--max-concurrent", "1", "--set", "train.epochs=3")
+    deadline, finished = time.monotonic() + 600, {}
+    while time.monotonic() < deadline and driver.proc.poll() is None and not finished:
+        if (launch.path / "mlruns.db").exists() and (launch.path / "ray/cut/tood_launch.json").exists():
+            _, _, children = _study_runs(launch.uri)
+            finished = {n: r for n, r in children.items() if r.info.status == "FINISHED"}
+        time.sleep(0.5)  # polling interval of the store, not a wait for a result
+    assert finished and driver.proc.poll() is None, driver.output()
+    if how == "sigint_then_sigkill":
+        driver.signal(signal.SIGINT)
+        try:
+            driver.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    driver.stop()
+    client, (parent,), before = _study_runs(launch.uri)
+    assert len(before) == 4 and any(r.info.status != "FINISHED" for r in before.values())
+    if how == "sigint_then_sigkill":  # Tune stopped gracefully and the driver reconciled the runs
+        assert parent.info.status == "KILLED" and {r.info.status for r in before.values()} <= {"FINISHED", "KILLED"}
+    else:  # nothing reconciled: the runs stay as the killed driver left them
+        assert parent.info.status == "RUNNING"
+    done_before = {n: r for n, r in before.items() if r.info.status == "FINISHED"}
+
+    resumed = launch.start("resume", "cut")
+    assert resumed.wait(timeout=900) == 0, resumed.output()
+    client, parents, after = _study_runs(launch.uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert set(after) == set(before) and all(r.info.status == "FINISHED" for r in after.values())
+    for name, run in after.items():
+        assert set(_steps(client, run)) == {1, 2, 3} and "AP" in run.data.metrics
+        if name in done_before:  # not re-run
+            old = done_before[name]
+            assert run.data.tags["tood.attempts"] == old.data.tags["tood.attempts"] and run.info.end_time == old.info.end_time
+            assert _steps(client, run) == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ data parallel (Ray Train)
+
+
+@pytest.mark.slow
+def test_data_parallel_trials_with_two_gloo_workers(launch):
+    env = _env(TOOD_FAIL_ONCE_AT_EPOCH="1", TOOD_FAIL_ONCE_TRIAL="t_head")
+    driver = launch.start("run", str(SMOKE), "--name", "ddp", "--workers-per-trial", "2", env=env)
+    assert driver.wait(timeout=900) == 0, driver.output()
+    client, parents, children = _study_runs(launch.uri)
+    assert parents[0].info.status == "FINISHED" and len(children) == 2
+    for name, run in children.items():
+        assert run.info.status == "FINISHED" and set(FINAL) <= set(run.data.metrics) and _steps(client, run) == [1, 2]
+        assert run.data.params["train.batch_size"] == "8"
+    retried = children["head=t_head,assigner=tal,seed=0"].data.tags
+    assert retried["tood.attempts"] == "2" and retried["tood.resumed_from_epoch"] == "1"
+    for run in children.values():  # rank 0 checkpointed into the launch's storage, where a retry finds it
+        assert (launch.path / "ray/ddp/work" / run.info.run_id / "last.pt").is_file()
+
+
+# ------------------------------------------------------------------ MLflow layout without Ray
+
+
+def test_launch_runs_layout_and_reconcile(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'db'}")
+    path = ROOT / "experiments/table6_alignment.yaml"
+    grid = load_grid(path)
+    specs = expand_grid(path, seeds=[0, 1])
+    parent, ids = create_launch_runs(client, grid.study, grid.table, "proxy", str(path), resolved_grid(grid, [0, 1], {}), specs, "L")
+    assert len(ids) == 8 == len(set(ids))
+    p = client.get_run(parent)
+    assert p.info.status == "RUNNING" and p.data.tags["tood.seeds"] == "0,1" and p.data.tags["tood.num_trials"] == "8"
+    assert client.get_experiment(p.info.experiment_id).name == "tood-ablate/table6_alignment"
+    runs = [client.get_run(i) for i in ids]
+    assert [r.info.status for r in runs] == ["SCHEDULED"] * 8
+    assert [r.info.run_name for r in runs[:2]] == ["head=parallel,assigner=atss,seed=0", "head=parallel,assigner=atss,seed=1"]
+    assert runs[7].data.tags["tood.paper.n_error"] == "69013" and runs[7].data.tags["tood.row"] == "T-head + TAL"
+    assert runs[7].data.params["model.head.type"] == "t_head" and runs[7].data.params["train.seed"] == "1"
+
+    # trial 0 finishes after a failed attempt, trial 1 fails for good, trial 2 was running, the rest never started
+    a = start_attempt(client, ids[0])
+    record_error(client, ids[0], RuntimeError("first"), final=False)
+    assert client.get_run(ids[0]).info.status == "RUNNING"
+    b = start_attempt(client, ids[0])
+    assert (a.number, b.number, b.finished) == (1, 2, False)
+    finish_trial(client, ids[0], specs[0].config, {"AP": 12.5, "epoch": 3.0}, step=3)
+    done = client.get_run(ids[0])
+    assert done.info.status == "FINISHED" and "tood.error" not in done.data.tags and "epoch" not in done.data.metrics
+    assert [m.step for m in client.get_metric_history(ids[0], "AP")] == [3]
+    again = start_attempt(client, ids[0])
+    assert again.finished and again.final_metrics == {"AP": 12.5} and client.get_run(ids[0]).data.tags["tood.attempts"] == "2"
+    start_attempt(client, ids[1])
+    start_attempt(client, ids[2])
+    counts_ = reconcile(client, parent, {ids[1]: "TuneError: boom"})
+    assert counts_ == {"FINISHED": 1, "FAILED": 1, "KILLED": 6}
+    assert client.get_run(ids[1]).data.tags["tood.error"] == "TuneError: boom"
+    assert client.get_run(ids[2]).info.status == "KILLED" and client.get_run(parent).info.status == "FAILED"
+
+
+def test_progress_lines():
+    def trial(name, status, result, failures=0):
+        return SimpleNamespace(config={"trial": {"name": name}}, status=status, last_result=result, num_failures=failures)
+
+    lines = [trial_line(t) for t in (
+        trial("a", "TERMINATED", {"epoch": 2, "AP": 12.34, "epoch_AP": 1.0}),
+        trial("b", "RUNNING", {"epoch": 1, "epoch_AP": 3.0}, failures=1),
+        trial("c", "PENDING", {}), trial("d", "ERROR", {"epoch": 1, "epoch_AP": float("nan")}))]
+    assert [describe(l, epochs=2) for l in lines] == [
+        ["a", "done", "2/2", "12.3"], ["b", "running (retry 1)", "1/2", "3.0"], ["c", "pending", "-", "-"], ["d", "failed", "1/2", "-"]]
+    assert counts(lines) == "1 done, 1 running, 1 pending, 1 failed"
