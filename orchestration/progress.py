@@ -26,6 +26,7 @@ class TrialLine:
     epoch: int | None
     ap: float | None  # final AP, else the latest epoch_AP
     retries: int
+    epochs: int | None = None  # of the trial's schedule
 
 
 def trial_line(trial: Any) -> TrialLine:
@@ -33,17 +34,18 @@ def trial_line(trial: Any) -> TrialLine:
     result = trial.last_result or {}
     ap = result.get("AP", result.get("epoch_AP"))
     epoch = result.get("epoch")
+    spec = trial.config.get("trial", {})
     return TrialLine(
-        name=trial.config.get("trial", {}).get("name", str(trial)), state=STATES.get(trial.status, trial.status.lower()),
+        name=spec.get("name", str(trial)), state=STATES.get(trial.status, trial.status.lower()),
         epoch=int(epoch) if epoch is not None else None, ap=None if ap is None or math.isnan(ap) else float(ap),
-        retries=int(getattr(trial, "num_failures", 0)),
+        retries=int(getattr(trial, "num_failures", 0)), epochs=spec.get("config", {}).get("train", {}).get("epochs"),
     )
 
 
-def describe(line: TrialLine, epochs: int | None = None) -> list[str]:
-    """Cells: name, state (with retries), epoch, AP."""
+def describe(line: TrialLine) -> list[str]:
+    """Cells: name, state (with retries), epoch (of epochs), AP."""
     state = line.state + (f" (retry {line.retries})" if line.retries and line.state == "running" else "")
-    epoch = "-" if line.epoch is None else f"{line.epoch}" + (f"/{epochs}" if epochs else "")
+    epoch = "-" if line.epoch is None else f"{line.epoch}" + (f"/{line.epochs}" if line.epochs else "")
     return [line.name, state, epoch, "-" if line.ap is None else f"{line.ap:.1f}"]
 
 

@@ -313,12 +313,13 @@ def test_launch_runs_layout_and_reconcile(tmp_path):
 
 def test_progress_lines():
     def trial(name, status, result, failures=0):
-        return SimpleNamespace(config={"trial": {"name": name}}, status=status, last_result=result, num_failures=failures)
+        config = {"trial": {"name": name, "config": {"train": {"epochs": 2}}}}
+        return SimpleNamespace(config=config, status=status, last_result=result, num_failures=failures)
 
     lines = [trial_line(t) for t in (
         trial("a", "TERMINATED", {"epoch": 2, "AP": 12.34, "epoch_AP": 1.0}),
         trial("b", "RUNNING", {"epoch": 1, "epoch_AP": 3.0}, failures=1),
         trial("c", "PENDING", {}), trial("d", "ERROR", {"epoch": 1, "epoch_AP": float("nan")}))]
-    assert [describe(l, epochs=2) for l in lines] == [
+    assert [describe(l) for l in lines] == [
         ["a", "done", "2/2", "12.3"], ["b", "running (retry 1)", "1/2", "3.0"], ["c", "pending", "-", "-"], ["d", "failed", "1/2", "-"]]
     assert counts(lines) == "1 done, 1 running, 1 pending, 1 failed"
