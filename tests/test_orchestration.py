@@ -275,7 +275,8 @@ def test_data_parallel_trials_with_two_gloo_workers(launch):
 # ------------------------------------------------------------------ MLflow layout without Ray
 
 
-def test_launch_runs_layout_and_reconcile(tmp_path):
+def test_launch_runs_layout_and_reconcile(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a local store keeps its artifacts in <cwd>/mlartifacts
     client = MlflowClient(f"sqlite:///{tmp_path / 'db'}")
     path = ROOT / "experiments/table6_alignment.yaml"
     grid = load_grid(path)
@@ -284,7 +285,8 @@ def test_launch_runs_layout_and_reconcile(tmp_path):
     assert len(ids) == 8 == len(set(ids))
     p = client.get_run(parent)
     assert p.info.status == "RUNNING" and p.data.tags["tood.seeds"] == "0,1" and p.data.tags["tood.num_trials"] == "8"
-    assert client.get_experiment(p.info.experiment_id).name == "tood-ablate/table6_alignment"
+    exp = client.get_experiment(p.info.experiment_id)
+    assert exp.name == "tood-ablate/table6_alignment" and exp.artifact_location == (tmp_path / "mlartifacts/tood-ablate/table6_alignment").as_uri()
     runs = [client.get_run(i) for i in ids]
     assert [r.info.status for r in runs] == ["SCHEDULED"] * 8
     assert [r.info.run_name for r in runs[:2]] == ["head=parallel,assigner=atss,seed=0", "head=parallel,assigner=atss,seed=1"]
