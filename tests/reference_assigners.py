@@ -1,144 +1,159 @@
-"""Straightforward per-image, per-GT reference assigners (loops on purpose).
+"""Per-image, per-GT reference assigners (loops on purpose).
 
-They restate each rule as plainly as possible, so that the batched assigners in
-``tood.assigners`` can be checked against them, and they are the naive baseline
-of ``benchmarks/bench_assign.py``.
+Each one restates its rule as plainly as possible for ONE image with its real GTs only
+(``gts (G, 4)`` xyxy px, ``labels (G,)``), looping over the GTs and working on all priors
+at once. They are what the batched assigners in ``tood.assigners`` are checked against, and
+the naive baseline timed by ``benchmarks/bench_assign.py``. They return the tuple
+``(labels, boxes, scores, fg_mask, gt_index)`` of shapes ``(A,), (A, 4), (A,), (A,), (A,)``.
+
+Shared conventions (the batched code must match them exactly):
+- top-k with equal values at the boundary takes the lower prior index first (:func:`top_k`);
+- a prior claimed by several GTs goes to the best key, ties to the lower GT index (argmax);
+- "inside a GT" means all four distances from the prior centre to the sides exceed 0.01 px.
 """
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from tood.boxes import box_area, box_iou
 
-EPS = 0.01
+INSIDE_EPS = 0.01
+FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
 
 
-def _inside(point, box) -> bool:
-    x, y = float(point[0]), float(point[1])
-    return min(x - float(box[0]), y - float(box[1]), float(box[2]) - x, float(box[3]) - y) > EPS
+def top_k(values: Tensor, k: int, largest: bool = True) -> Tensor:
+    """Indices of the ``k`` largest (smallest) entries of 1-D ``values``; among equal values
+    at the boundary the lower indices are taken."""
+    k = min(k, values.numel())
+    kth = values.topk(k, largest=largest).values[-1]
+    better = values > kth if largest else values < kth
+    first = better.nonzero()[:, 0]
+    ties = (values == kth).nonzero()[:, 0][: k - first.numel()]
+    return torch.cat([first, ties])
 
 
-def _result(num_classes, a, assigned, gts, labels, scores):
-    """assigned: {anchor: gt}; scores: {anchor: soft target}."""
+def inside(points: Tensor, box: Tensor) -> Tensor:
+    """``(n, 2)`` points vs one ``(4,)`` box -> ``(n,)`` bool, every side more than 0.01 px away."""
+    x, y = points[:, 0], points[:, 1]
+    sides = torch.stack([x - box[0], y - box[1], box[2] - x, box[3] - y], 1)
+    return sides.min(1).values > INSIDE_EPS
+
+
+def resolve(claims: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """claims ``(G, A)`` bool, key ``(G, A)``: each claimed prior goes to the GT of largest key
+    (first GT on ties). Returns owner ``(A,)`` and fg ``(A,)``."""
+    owner = torch.where(claims, key, torch.full_like(key, float("-inf"))).argmax(0)
+    return owner, claims.any(0)
+
+
+def result(num_classes: int, owner: Tensor, fg: Tensor, gts: Tensor, labels: Tensor, scores: Tensor):
+    a = fg.numel()
     out_labels = torch.full((a,), num_classes, dtype=torch.long)
     out_boxes = torch.zeros(a, 4)
-    out_scores = torch.zeros(a)
-    fg = torch.zeros(a, dtype=torch.bool)
-    gt_index = torch.full((a,), -1, dtype=torch.long)
-    for anchor, g in assigned.items():
-        out_labels[anchor] = labels[g]
-        out_boxes[anchor] = gts[g]
-        out_scores[anchor] = scores[anchor]
-        fg[anchor] = True
-        gt_index[anchor] = g
-    return out_labels, out_boxes, out_scores, fg, gt_index
+    out_labels[fg] = labels[owner[fg]].long()
+    out_boxes[fg] = gts[owner[fg]]
+    gt_index = torch.where(fg, owner, torch.full_like(owner, -1))
+    return out_labels, out_boxes, torch.where(fg, scores, torch.zeros_like(scores)), fg, gt_index
 
 
-def _resolve(claims, key, largest):
-    """claims: {anchor: [gt, ...]} -> {anchor: gt} by the largest/smallest key[gt][anchor] (first wins ties)."""
-    pick = {}
-    for anchor, gts in claims.items():
-        best = gts[0]
-        for g in gts[1:]:
-            k, kb = float(key(g, anchor)), float(key(best, anchor))
-            if (k > kb) if largest else (k < kb):
-                best = g
-        pick[anchor] = best
-    return pick
+def background(num_classes: int, a: int):
+    nothing = torch.zeros(a, dtype=torch.bool)
+    return result(num_classes, torch.zeros(a, dtype=torch.long), nothing, torch.zeros(1, 4), torch.zeros(1), torch.zeros(a))
+
+
+def pred_iou_scores(pred_boxes: Tensor, gts: Tensor, owner: Tensor) -> Tensor:
+    """IoU of every prior's predicted box with its assigned GT, ``(A,)``."""
+    out = torch.zeros(len(pred_boxes))
+    for g in range(len(gts)):
+        mine = owner == g
+        out[mine] = box_iou(gts[g : g + 1], pred_boxes[mine])[0]
+    return out
 
 
 def tal_reference(priors, pred_scores, pred_boxes, gts, labels, num_classes, topk=13, alpha=1.0, beta=6.0, conflict="max_iou"):
-    """One image: pred_scores (A, C), pred_boxes (A, 4), gts (G, 4), labels (G,)."""
-    a = pred_boxes.shape[0]
-    claims, ious, metrics = {}, [], []
-    for g in range(len(gts)):
-        iou = box_iou(gts[g : g + 1], pred_boxes)[0]  # (A,)
-        t = pred_scores[:, labels[g]].pow(alpha) * iou.pow(beta)
-        ious.append(iou)
-        metrics.append(t)
-        for anchor in torch.topk(t, min(topk, a)).indices.tolist():
-            if t[anchor] > 0 and _inside(priors.points[anchor], gts[g]):
-                claims.setdefault(anchor, []).append(g)
-    if conflict == "max_iou":
-        assigned = _resolve(claims, lambda g, anchor: ious[g][anchor], True)
-    else:
-        assigned = _resolve(claims, lambda g, anchor: box_area(gts[g]), False)
-    scores = {}
-    for g in set(assigned.values()):
-        mine = [anchor for anchor, h in assigned.items() if h == g]
-        max_t = max(float(metrics[g][x]) for x in mine)
-        max_u = max(float(ious[g][x]) for x in mine)
-        for x in mine:
-            scores[x] = float(metrics[g][x]) / (max_t + 1e-7) * max_u
-    return _result(num_classes, a, assigned, gts, labels, scores)
+    """TOOD task-aligned assignment; pred_scores ``(A, C)``, pred_boxes ``(A, 4)``."""
+    num_gt, a = len(gts), len(pred_boxes)
+    if num_gt == 0:
+        return background(num_classes, a)
+    ious, metric = torch.zeros(num_gt, a), torch.zeros(num_gt, a)
+    claims = torch.zeros(num_gt, a, dtype=torch.bool)
+    for g in range(num_gt):
+        ious[g] = box_iou(gts[g : g + 1], pred_boxes)[0]
+        metric[g] = (pred_scores[:, labels[g]].double() ** alpha * ious[g].double() ** beta).float()
+        cand = top_k(metric[g], topk)
+        ok = (metric[g, cand] > 0) & inside(priors.points[cand], gts[g])
+        claims[g, cand[ok]] = True
+    key = ious if conflict == "max_iou" else -box_area(gts)[:, None].expand(num_gt, a)
+    owner, fg = resolve(claims, key)
+    scores = torch.zeros(a)
+    for g in range(num_gt):
+        mine = fg & (owner == g)
+        if mine.any():
+            scores[mine] = metric[g, mine] / (metric[g, mine].max() + 10e-8) * ious[g, mine].max()
+    return result(num_classes, owner, fg, gts, labels, scores)
 
 
 def atss_reference(priors, pred_boxes, gts, labels, num_classes, topk=9):
-    a = pred_boxes.shape[0]
-    claims, ious = {}, []
-    for g in range(len(gts)):
-        iou = box_iou(gts[g : g + 1], priors.anchors)[0]
-        ious.append(iou)
-        cx, cy = (gts[g, 0] + gts[g, 2]) / 2, (gts[g, 1] + gts[g, 3]) / 2
+    """ATSS: candidates = per level the ``topk`` nearest prior centres (squared distance in float64)."""
+    num_gt, a = len(gts), len(pred_boxes)
+    if num_gt == 0:
+        return background(num_classes, a)
+    ious = torch.zeros(num_gt, a)
+    claims = torch.zeros(num_gt, a, dtype=torch.bool)
+    for g in range(num_gt):
+        ious[g] = box_iou(gts[g : g + 1], priors.anchors)[0]
+        cx, cy = (gts[g, 0] + gts[g, 2]) * 0.5, (gts[g, 1] + gts[g, 3]) * 0.5
         cand = []
         for sl in priors.level_slices():
-            d = ((priors.points[sl, 0] - cx) ** 2 + (priors.points[sl, 1] - cy) ** 2).sqrt()
-            cand += (torch.topk(d, min(topk, sl.stop - sl.start), largest=False).indices + sl.start).tolist()
-        cand_iou = iou[cand]
+            dx, dy = priors.points[sl, 0] - cx, priors.points[sl, 1] - cy
+            cand.append(top_k(dx.double() ** 2 + dy.double() ** 2, topk, largest=False) + sl.start)
+        cand = torch.cat(cand)
+        cand_iou = ious[g, cand].double()
         thr = cand_iou.mean() + cand_iou.std()
-        for anchor in cand:
-            if iou[anchor] >= thr and _inside(priors.points[anchor], gts[g]):
-                claims.setdefault(anchor, []).append(g)
-    assigned = _resolve(claims, lambda g, anchor: ious[g][anchor], True)
-    scores = {x: float(box_iou(pred_boxes[x : x + 1], gts[g : g + 1])[0, 0]) for x, g in assigned.items()}
-    return _result(num_classes, a, assigned, gts, labels, scores)
+        ok = (cand_iou >= thr) & inside(priors.points[cand], gts[g])
+        claims[g, cand[ok]] = True
+    owner, fg = resolve(claims, ious)
+    return result(num_classes, owner, fg, gts, labels, pred_iou_scores(pred_boxes, gts, owner))
 
 
-def max_iou_reference(priors, pred_boxes, gts, labels, num_classes, pos=0.5, neg=0.4, min_pos=0.0):
-    a = pred_boxes.shape[0]
-    ious = box_iou(gts, priors.anchors)  # (G, A)
-    assigned, ignore = {}, set()
-    for anchor in range(a if len(gts) else 0):
-        best = max(range(len(gts)), key=lambda g: (float(ious[g, anchor]), -g))
-        if ious[best, anchor] >= pos:
-            assigned[anchor] = best
-        elif ious[best, anchor] >= neg:
-            ignore.add(anchor)
-    for g in range(len(gts)):  # low-quality matches, later GTs overwrite
-        best = float(ious[g].max())
-        if best >= min_pos:
-            for anchor in range(a):
-                if float(ious[g, anchor]) == best:
-                    assigned[anchor] = g
-                    ignore.discard(anchor)
-    scores = {x: float(box_iou(pred_boxes[x : x + 1], gts[g : g + 1])[0, 0]) for x, g in assigned.items()}
-    out = list(_result(num_classes, a, assigned, gts, labels, scores))
-    for anchor in ignore:
-        out[0][anchor] = -1
-    return tuple(out)
+def max_iou_reference(priors, pred_boxes, gts, labels, num_classes, pos=0.5, neg=0.4, min_pos=0.0, assign_all=True):
+    """RetinaNet max-IoU assignment on anchor boxes; ignored anchors get label -1."""
+    num_gt, a = len(gts), len(pred_boxes)
+    if num_gt == 0:
+        return background(num_classes, a)
+    ious = torch.stack([box_iou(gts[g : g + 1], priors.anchors)[0] for g in range(num_gt)])  # (G, A)
+    max_iou, owner = ious.max(0)
+    fg = max_iou >= pos
+    ignore = (max_iou >= neg) & ~fg
+    for g in range(num_gt):  # low-quality matches, later GTs overwrite earlier ones
+        best = ious[g].max()
+        if best >= min_pos and best > 0:
+            hit = ious[g] == best if assign_all else torch.arange(a) == ious[g].argmax()
+            owner[hit], fg[hit], ignore[hit] = g, True, False
+    out = result(num_classes, owner, fg, gts, labels, pred_iou_scores(pred_boxes, gts, owner))
+    out[0][ignore] = -1
+    return out
 
 
-def center_sampling_reference(priors, pred_boxes, gts, labels, num_classes, radius=1.5, ranges=None, scale_factor=1.0):
-    from tood.assigners.center_sampling import FCOS_RANGES
-
-    ranges = ranges or FCOS_RANGES
-    a = pred_boxes.shape[0]
+def center_sampling_reference(priors, pred_boxes, gts, labels, num_classes, radius=1.5, ranges=FCOS_RANGES, scale_factor=1.0):
+    """FCOS: inside the GT, inside radius * stride of its centre, max(l, t, r, b) in the level's range."""
+    num_gt, a = len(gts), len(pred_boxes)
+    if num_gt == 0:
+        return background(num_classes, a)
+    rng = torch.tensor(ranges, dtype=torch.float32) * scale_factor  # (L, 2)
     level = torch.cat([torch.full((n,), i) for i, n in enumerate(priors.num_per_level)])
-    claims = {}
-    for g in range(len(gts)):
-        x1, y1, x2, y2 = (float(v) for v in gts[g])
-        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        for anchor in range(a):
-            x, y = float(priors.points[anchor, 0]), float(priors.points[anchor, 1])
-            ltrb = (x - x1, y - y1, x2 - x, y2 - y)
-            if min(ltrb) <= 0:
-                continue
-            r = float(priors.strides[anchor]) * radius
-            if not (max(cx - r, x1) < x < min(cx + r, x2) and max(cy - r, y1) < y < min(cy + r, y2)):
-                continue
-            lo, hi = ranges[int(level[anchor])]
-            if lo * scale_factor <= max(ltrb) <= hi * scale_factor:
-                claims.setdefault(anchor, []).append(g)
-    assigned = _resolve(claims, lambda g, anchor: box_area(gts[g]), False)
-    scores = {x: float(box_iou(pred_boxes[x : x + 1], gts[g : g + 1])[0, 0]) for x, g in assigned.items()}
-    return _result(num_classes, a, assigned, gts, labels, scores)
+    lo, hi = rng[level, 0], rng[level, 1]
+    x, y = priors.points[:, 0], priors.points[:, 1]
+    r = priors.strides * radius
+    claims = torch.zeros(num_gt, a, dtype=torch.bool)
+    for g in range(num_gt):
+        x1, y1, x2, y2 = gts[g]
+        sides = torch.stack([x - x1, y - y1, x2 - x, y2 - y], 1)  # (A, 4)
+        cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
+        in_centre = (x > torch.maximum(cx - r, x1)) & (x < torch.minimum(cx + r, x2))
+        in_centre &= (y > torch.maximum(cy - r, y1)) & (y < torch.minimum(cy + r, y2))
+        reach = sides.max(1).values
+        claims[g] = (sides.min(1).values > 0) & in_centre & (reach >= lo) & (reach <= hi)
+    owner, fg = resolve(claims, -box_area(gts)[:, None].expand(num_gt, a))
+    return result(num_classes, owner, fg, gts, labels, pred_iou_scores(pred_boxes, gts, owner))

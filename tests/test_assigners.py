@@ -1,132 +1,279 @@
-"""Batched assigners against per-image references and hand-computed cases."""
+"""Batched assigners against the per-image references, plus hand-computed cases."""
 import pytest
 import torch
 
 from tests.reference_assigners import atss_reference, center_sampling_reference, max_iou_reference, tal_reference
 from tood.assigners import ATSSAssigner, CenterSamplingAssigner, MaxIoUAssigner, TaskAlignedAssigner
+from tood.assigners.common import level_grids, overlap_mask, overlap_pairs, pairs_from_mask
 from tood.priors import make_priors
 
-C = 3
-H, W = 96, 128
-STRIDES = (8, 16, 32)
+C = 4
+H, W = 256, 320
+STRIDES = (8, 16, 32, 64, 128)
+PRIORS = make_priors([(-(-H // s), -(-W // s)) for s in STRIDES], strides=STRIDES)
 
 
-def _random_batch(seed):
-    """3 images: random GTs (tiny, huge, border-touching, a duplicate), one image with none;
-    padded rows hold garbage."""
+def _random_batch(seed: int, far_boxes: bool = False):
+    """4 images, G = 8: image 0 holds the corner cases (whole image, tiny, exact duplicate, bigger
+    than the image, touching the border), image 2 has no GT, padded rows hold garbage.
+    far_boxes: some predicted boxes reach across the image (the windows then give way to the
+    dense search)."""
     g = torch.Generator().manual_seed(seed)
-    priors = make_priors([(H // s, W // s) for s in STRIDES], strides=STRIDES, octave_base_scale=4)
-    a = priors.num_priors
-    b, gmax = 3, 6
+    a, b, gmax = PRIORS.num_priors, 4, 8
     xy = torch.rand(b, gmax, 2, generator=g) * torch.tensor([W, H])
-    wh = torch.rand(b, gmax, 2, generator=g) * 60 + 2
-    gt = torch.cat([xy, xy + wh], -1)
-    gt[0, 1] = torch.tensor([0.0, 0.0, W, H])  # whole image (touches every border)
-    gt[0, 2] = torch.tensor([30.3, 40.1, 33.0, 42.2])  # tiny
+    wh = torch.rand(b, gmax, 2, generator=g).pow(2) * 200 + 3
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    gt[0, 0] = torch.tensor([150.5, 100.2, 230.7, 170.9])
+    gt[0, 1] = torch.tensor([0.0, 0.0, W, H])  # whole image, touches every border
+    gt[0, 2] = torch.tensor([100.3, 60.1, 104.9, 63.7])  # smaller than one stride
     gt[0, 3] = gt[0, 0]  # exact duplicate
-    gt[1, 0] = torch.tensor([-20.0, -30.0, W + 50.0, H + 40.0])  # bigger than the image
+    gt[0, 4] = torch.tensor([-40.0, -25.0, W + 60.0, H + 30.0])  # bigger than the image
+    gt[0, 5] = torch.tensor([0.0, 200.0, 64.0, H])  # touches the left and bottom border
     labels = torch.randint(0, C, (b, gmax), generator=g)
-    mask = torch.tensor([[True] * 5 + [False], [True, True, True, False, False, False], [False] * 6])
-    gt[~mask] = torch.rand(int((~mask).sum()), 4, generator=g) * 1000  # garbage in padding
-    labels[~mask] = 7
-    pxy = priors.points[None] + torch.randn(b, a, 2, generator=g) * 4
-    pwh = torch.rand(b, a, 2, generator=g) * 50 + 1
+    labels[0, 3] = labels[0, 0]
+    mask = torch.zeros(b, gmax, dtype=torch.bool)
+    mask[0, :7], mask[1, :3], mask[3, :] = True, True, True
+    gt[~mask] = torch.rand(int((~mask).sum()), 4, generator=g) * 5000 - 1000  # garbage padding
+    labels[~mask] = 99
+    stride = PRIORS.strides[None, :, None]
+    pxy = PRIORS.points[None] + torch.randn(b, a, 2, generator=g) * stride
+    pwh = (torch.rand(b, a, 2, generator=g) * 7 + 1) * stride
+    if far_boxes:
+        pwh[:, :40] = 3 * W
     pred_boxes = torch.cat([pxy - pwh / 2, pxy + pwh / 2], -1)
-    pred_scores = torch.rand(b, a, C, generator=g)
-    return priors, pred_scores, pred_boxes, gt, labels, mask
+    pred_scores = torch.rand(b, a, C, generator=g).pow(0.3)  # dense scores: candidates overlap between GTs
+    return pred_scores, pred_boxes, gt, labels, mask
 
 
 def _check(batched, refs):
     labels, boxes, scores, fg, gt_index = batched
-    for i, ref in enumerate(refs):
-        r_labels, r_boxes, r_scores, r_fg, r_index = ref
+    assert len(refs) == fg.shape[0]
+    for i, (r_labels, r_boxes, r_scores, r_fg, r_index) in enumerate(refs):
         assert torch.equal(fg[i], r_fg), f"image {i}: foreground differs"
         assert torch.equal(gt_index[i], r_index), f"image {i}: gt index differs"
         assert torch.equal(labels[i], r_labels), f"image {i}: labels differ"
         assert torch.equal(boxes[i], r_boxes), f"image {i}: boxes differ"
-        torch.testing.assert_close(scores[i], r_scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(scores[i], r_scores, atol=1e-5, rtol=0)
 
 
-def _per_image(fn, priors, pred_scores, pred_boxes, gt, labels, mask, **kw):
-    return [fn(priors, pred_scores[i], pred_boxes[i], gt[i][mask[i]], labels[i][mask[i]], **kw) for i in range(gt.shape[0])]
+def _refs(fn, pred_boxes, gt, labels, mask, scores=None, **kw):
+    """The reference on each image with its real GTs only (scores first for TAL)."""
+    first = [] if scores is None else [scores]
+    return [fn(PRIORS, *[x[i] for x in first], pred_boxes[i], gt[i][mask[i]], labels[i][mask[i]], C, **kw) for i in range(len(gt))]
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("conflict", ["max_iou", "min_area"])
 def test_tal_matches_reference(seed, conflict):
-    priors, s, p, gt, lab, m = _random_batch(seed)
-    s = s.pow(0.3)  # denser scores so candidates overlap between GTs
-    res = TaskAlignedAssigner(C, topk=13, alpha=1.0, beta=2.0, conflict=conflict)(priors, s, p, gt, lab, m)
-    refs = _per_image(tal_reference, priors, s, p, gt, lab, m, num_classes=C, topk=13, alpha=1.0, beta=2.0, conflict=conflict)
-    _check(res, refs)
-    assert res.fg_mask[0].sum() > 0 and res.fg_mask[2].sum() == 0
+    s, p, gt, lab, m = _random_batch(seed, far_boxes=seed == 3)
+    res = TaskAlignedAssigner(C, topk=13, alpha=1.0, beta=6.0, conflict=conflict)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(tal_reference, p, gt, lab, m, s, topk=13, alpha=1.0, beta=6.0, conflict=conflict))
+    assert res.fg_mask[0].sum() > 10 and not res.fg_mask[2].any()
+    assert res.gt_index[0].eq(0).any() and not res.gt_index[0].eq(3).any()  # duplicate: the lower index wins
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tal_matches_reference_when_scores_are_one(seed):
+    """s = 1 makes the pruning bound u >= tau^(1/beta) tight."""
+    s, p, gt, lab, m = _random_batch(seed)
+    s = torch.ones_like(s)
+    res = TaskAlignedAssigner(C, topk=13)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(tal_reference, p, gt, lab, m, s, topk=13))
+
+
+def test_tal_tie_rule_lower_prior_first():
+    """Every prediction identical: t ties within each GT; the lower prior indices fill the top-k."""
+    s, p, gt, lab, m = _random_batch(5)
+    s = torch.full_like(s, 0.5)
+    p = torch.tensor([0.0, 0.0, W, H]).expand_as(p).clone()
+    res = TaskAlignedAssigner(C, topk=9, beta=2.0)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(tal_reference, p, gt, lab, m, s, topk=9, beta=2.0))
+    assert res.fg_mask.any()
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_atss_matches_reference(seed):
-    priors, s, p, gt, lab, m = _random_batch(seed)
-    res = ATSSAssigner(C, topk=9)(priors, s, p, gt, lab, m)
-    _check(res, [atss_reference(priors, p[i], gt[i][m[i]], lab[i][m[i]], C, topk=9) for i in range(3)])
-    assert res.fg_mask[0].sum() > 0
+@pytest.mark.parametrize("snap", [False, True])
+def test_atss_matches_reference(seed, snap):
+    s, p, gt, lab, m = _random_batch(seed)
+    if snap:  # GT centres on the half-grid: many exactly equidistant candidates, ties by prior index
+        gt = (gt / 4).round() * 4
+    res = ATSSAssigner(C, topk=9)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(atss_reference, p, gt, lab, m, topk=9))
+    assert res.fg_mask[0].sum() > 5 and not res.fg_mask[2].any()
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_max_iou_matches_reference(seed):
-    priors, s, p, gt, lab, m = _random_batch(seed)
-    res = MaxIoUAssigner(C)(priors, s, p, gt, lab, m)
-    _check(res, [max_iou_reference(priors, p[i], gt[i][m[i]], lab[i][m[i]], C) for i in range(3)])
-    assert (res.labels == -1).any()  # some anchors fall in the ignore band
+@pytest.mark.parametrize("assign_all", [True, False])
+def test_max_iou_matches_reference(seed, assign_all):
+    s, p, gt, lab, m = _random_batch(seed)
+    res = MaxIoUAssigner(C, gt_max_assign_all=assign_all)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(max_iou_reference, p, gt, lab, m, assign_all=assign_all))
+    assert (res.labels == -1).any() and res.fg_mask.any()
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_center_sampling_matches_reference(seed):
-    priors, s, p, gt, lab, m = _random_batch(seed)
-    res = CenterSamplingAssigner(C, scale_factor=0.25)(priors, s, p, gt, lab, m)
-    refs = [center_sampling_reference(priors, p[i], gt[i][m[i]], lab[i][m[i]], C, scale_factor=0.25) for i in range(3)]
-    _check(res, refs)
-    assert res.fg_mask.sum() > 0
+@pytest.mark.parametrize("scale_factor", [1.0, 0.25])
+def test_center_sampling_matches_reference(seed, scale_factor):
+    s, p, gt, lab, m = _random_batch(seed)
+    res = CenterSamplingAssigner(C, scale_factor=scale_factor)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(center_sampling_reference, p, gt, lab, m, scale_factor=scale_factor))
+    assert res.fg_mask.sum() > 5
 
 
-@pytest.mark.parametrize("assigner", [TaskAlignedAssigner(C), ATSSAssigner(C), MaxIoUAssigner(C), CenterSamplingAssigner(C)])
-def test_empty_ground_truth(assigner):
-    priors, s, p, _, _, _ = _random_batch(0)
-    res = assigner(priors, s, p, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.long), torch.zeros(3, 0, dtype=torch.bool))
+@pytest.mark.parametrize("far", [False, True])
+def test_window_search_equals_dense_mask(far):
+    _, p, gt, _, m = _random_batch(7, far_boxes=far)
+    for boxes in (p, PRIORS.anchors[None], PRIORS.points.repeat(1, 2)[None]):
+        dense = pairs_from_mask(overlap_mask(boxes, gt, m))
+        found = overlap_pairs(PRIORS, boxes, gt, m)
+        assert torch.equal(found.seg, dense.seg) and torch.equal(found.a, dense.a)
+
+
+ASSIGNERS = [TaskAlignedAssigner(C), ATSSAssigner(C), MaxIoUAssigner(C), CenterSamplingAssigner(C)]
+
+
+@pytest.mark.parametrize("assigner", ASSIGNERS, ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize("g", [0, 3])
+def test_no_ground_truth_in_the_batch(assigner, g):
+    s, p, _, _, _ = _random_batch(0)
+    res = assigner(PRIORS, s, p, torch.full((4, g, 4), 7.0), torch.full((4, g), 99), torch.zeros(4, g, dtype=torch.bool))
     assert not res.fg_mask.any() and (res.labels == C).all() and (res.gt_index == -1).all()
+    assert not res.scores.any() and not res.boxes.any() and res.boxes.shape == p.shape
 
 
-def _line_priors():
-    return make_priors([(1, 3)], strides=(8,))  # points x = 0, 8, 16 at y = 0
+def test_level_grids_reads_the_layout_and_rejects_other_points():
+    layout, cols, rows = level_grids(PRIORS)
+    assert layout[0] == (0, 32, 40) and layout[4] == (1700, 2, 3)
+    assert cols[1, :3].tolist() == [0.0, 16.0, 32.0] and rows[4, 1] == 128.0
+    shuffled = PRIORS.__class__(PRIORS.points.flip(0), PRIORS.anchors, PRIORS.strides, PRIORS.num_per_level)
+    with pytest.raises(ValueError, match="row-major grid"):
+        level_grids(shuffled)
+
+
+# ---------------------------------------------------------------- hand-computed cases
+ONE = torch.ones(1, 1, dtype=torch.bool)
+LINE = make_priors([(1, 3)], strides=(8,))  # points x = 0, 8, 16 at y = 0
 
 
 def test_tal_hand_computed_targets():
-    priors = _line_priors()
-    gt = torch.tensor([[[-4.0, -4.0, 20.0, 4.0]]])  # area 192, all three points inside
-    pred_boxes = torch.tensor([[[-4.0, -4.0, 20.0, 4.0], [-4.0, -4.0, 8.0, 4.0], [-4.0, -4.0, 15.2, 4.0]]])  # IoU 1, .5, .8
+    gt = torch.tensor([[[-4.0, -4.0, 20.0, 4.0]]])  # all three points inside
+    pred = torch.tensor([[[-4.0, -4.0, 20.0, 4.0], [-4.0, -4.0, 8.0, 4.0], [-4.0, -4.0, 15.2, 4.0]]])  # IoU 1, .5, .8
     scores = torch.tensor([[[0.5], [0.8], [0.2]]])
-    res = TaskAlignedAssigner(1, topk=2, alpha=1.0, beta=1.0)(priors, scores, pred_boxes, gt, torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
-    # t = s * u = 0.5, 0.4, 0.16 -> top-2 = anchors 0, 1; t_hat = t / 0.5 * 1.0
+    res = TaskAlignedAssigner(1, topk=2, alpha=1.0, beta=1.0)(LINE, scores, pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    # t = s * u = 0.5, 0.4, 0.16 -> top-2 = priors 0, 1; t_hat = t / (0.5 + 1e-7) * max u (1.0)
     assert res.fg_mask.tolist() == [[True, True, False]]
-    torch.testing.assert_close(res.scores, torch.tensor([[1.0, 0.8, 0.0]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.scores, torch.tensor([[0.5 / (0.5 + 1e-7), 0.4 / (0.5 + 1e-7), 0.0]]), atol=1e-7, rtol=0)
+    # alpha = 1, beta = 6: t = .5, .8 * .5^6 = .0125, .2 * .8^6 = .0524 -> top-2 = priors 0, 2
+    res = TaskAlignedAssigner(1, topk=2)(LINE, scores, pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert res.fg_mask.tolist() == [[True, False, True]]
+    torch.testing.assert_close(res.scores[0, 2], torch.tensor(0.2 * 0.8**6 / 0.5), atol=1e-6, rtol=0)
+
+
+def test_tal_max_iou_of_the_final_anchors_scales_targets():
+    # the best-IoU prediction (prior 0, IoU 1) is NOT inside the GT: t_hat is scaled by the kept IoU 0.5
+    gt = torch.tensor([[[2.0, -4.0, 20.0, 4.0]]])  # prior 0 (x = 0) lies outside
+    pred = torch.tensor([[[2.0, -4.0, 20.0, 4.0], [2.0, -4.0, 11.0, 4.0], [-20.0, -4.0, -10.0, 4.0]]])  # IoU 1, .5, 0
+    scores = torch.full((1, 3, 1), 0.5)
+    res = TaskAlignedAssigner(1, topk=3, beta=1.0)(LINE, scores, pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert res.fg_mask.tolist() == [[False, True, False]]  # prior 2: t = 0
+    torch.testing.assert_close(res.scores[0, 1], torch.tensor(0.25 / (0.25 + 1e-7) * 0.5))
 
 
 def test_tal_conflict_rules_disagree_as_designed():
-    priors = _line_priors()
-    gt = torch.tensor([[[4.0, -2.0, 12.0, 2.0], [-4.0, -4.0, 20.0, 4.0]]])  # small A, large B; both contain x = 8
-    pred_boxes = torch.tensor([[[-4.0, -4.0, 4.0, 4.0], [0.0, -4.0, 16.0, 4.0], [12.0, -4.0, 20.0, 4.0]]])
-    # anchor 1's box: IoU 0.25 with A, 0.667 with B
-    scores = torch.full((1, 3, 1), 0.5)
-    args = (priors, scores, pred_boxes, gt, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
-    assert TaskAlignedAssigner(1, topk=3, beta=1.0, conflict="max_iou")(*args).gt_index[0, 1] == 1
-    assert TaskAlignedAssigner(1, topk=3, beta=1.0, conflict="min_area")(*args).gt_index[0, 1] == 0
+    gt = torch.tensor([[[4.0, -2.0, 12.0, 2.0], [-4.0, -4.0, 20.0, 4.0]]])  # small A (area 32), large B (192); both hold x = 8
+    pred = torch.tensor([[[-4.0, -4.0, 4.0, 4.0], [0.0, -4.0, 16.0, 4.0], [12.0, -4.0, 20.0, 4.0]]])
+    # prior 1's box (area 128): IoU 32/128 = .25 with A, 128/192 = .667 with B
+    args = (LINE, torch.full((1, 3, 1), 0.5), pred, gt, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+    by_iou = TaskAlignedAssigner(1, topk=3, beta=1.0, conflict="max_iou")(*args)
+    by_area = TaskAlignedAssigner(1, topk=3, beta=1.0, conflict="min_area")(*args)
+    assert by_iou.gt_index[0].tolist() == [1, 1, 1] and by_area.gt_index[0].tolist() == [1, 0, 1]
+    # max_iou: B keeps all three (t = .5 * IoU = .167, .333, .167); prior 1 has the max t and IoU -> .667
+    torch.testing.assert_close(by_iou.scores[0, 1], torch.tensor(128 / 192), atol=1e-6, rtol=0)
+    # min_area: A keeps only prior 1 -> t_hat = its IoU .25
+    torch.testing.assert_close(by_area.scores[0, 1], torch.tensor(0.25), atol=1e-6, rtol=0)
+
+
+def test_tal_top_k_tie_goes_to_the_lower_prior():
+    gt = torch.tensor([[[-4.0, -4.0, 20.0, 4.0]]])
+    pred = torch.tensor([[-4.0, -4.0, 20.0, 4.0]]).expand(1, 3, 4)  # all IoU 1, all t = .5
+    res = TaskAlignedAssigner(1, topk=2)(LINE, torch.full((1, 3, 1), 0.5), pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert res.fg_mask.tolist() == [[True, True, False]]
+
+
+def test_tal_zero_score_and_the_inside_margin():
+    # every prediction is the GT box (IoU 1). Prior 0 has score 0 (t = 0); prior 2 (x = 16) lies
+    # .005 px inside the right side (not more than .01) -> only prior 1 is positive
+    gt = torch.tensor([[[-4.0, -4.0, 16.005, 4.0]]])
+    pred = gt.expand(1, 3, 4)
+    scores = torch.tensor([[[0.0], [0.5], [0.5]]])
+    res = TaskAlignedAssigner(1, topk=3)(LINE, scores, pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert res.fg_mask.tolist() == [[False, True, False]]
+    res = ATSSAssigner(1, topk=3)(LINE, scores, pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert not res.fg_mask[0, 2]
 
 
 def test_atss_hand_computed_case():
-    # One level of 4x4 points (stride 8), anchors 16x16. GT centred on point (8, 8) -> the
-    # candidates are the 9 nearest points; only the anchor equal-ish to the GT passes mean+std.
+    # 4x4 points (stride 8), anchors 16x16; GT = the anchor at point (8, 8): the 9 nearest points are
+    # its 3x3 block; IoUs 1 (centre), 1/3 (4 edge neighbours: 8x16 / 24x16), 1/7 (4 diagonals: 64/448)
     priors = make_priors([(4, 4)], strides=(8,), octave_base_scale=2)
     gt = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])
-    res = ATSSAssigner(1, topk=9)(priors, torch.rand(1, 16, 1), priors.anchors[None], gt, torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
-    # anchor at (8, 8) is [0, 0, 16, 16] (IoU 1); its 4-neighbours have IoU 1/3, diagonals 1/7
-    # threshold = mean + std of {1, 4 x 1/3, 4 x 1/7} ~ 0.58 -> only the centre anchor
+    pred = priors.anchors[None].clone()
+    pred[0, 5] = torch.tensor([0.0, 0.0, 16.0, 8.0])  # IoU .5 with the GT
+    res = ATSSAssigner(1, topk=9)(priors, torch.rand(1, 16, 1), pred, gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    ious = torch.tensor([1.0] + [1 / 3] * 4 + [1 / 7] * 4, dtype=torch.float64)
+    assert ious.mean() + ious.std() == pytest.approx(0.5940, abs=1e-4)  # only the centre passes
     assert res.fg_mask[0].nonzero().flatten().tolist() == [5]
-    assert res.scores[0, 5].item() == pytest.approx(1.0)
+    assert res.scores[0, 5].item() == pytest.approx(0.5)
+
+
+def test_atss_unbiased_std_can_leave_a_gt_without_positives():
+    # 5x5 points (stride 8), anchors 16x16, topk 3. GT [0, 0, 9, 12], centre (4.5, 6): candidates are
+    # the points (8, 8), (0, 8), (8, 0) with IoUs 108/256 = .4219, 96/268 = .3582, 72/292 = .2466.
+    # mean + unbiased std = .4310 > .4219, so no positive (a biased std, .4147, would take prior 6)
+    priors = make_priors([(5, 5)], strides=(8,), octave_base_scale=2)
+    gt = torch.tensor([[[0.0, 0.0, 9.0, 12.0]]])
+    res = ATSSAssigner(1, topk=3)(priors, torch.rand(1, 25, 1), priors.anchors[None], gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert not res.fg_mask.any()
+    # topk 4 adds (0, 0) with IoU 64/300 = .2133: mean + std = .4070 and prior 6 passes
+    res = ATSSAssigner(1, topk=4)(priors, torch.rand(1, 25, 1), priors.anchors[None], gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert res.fg_mask[0].nonzero().flatten().tolist() == [6]
+
+
+def test_max_iou_hand_computed_case():
+    # anchors 16x16 at x = 0, 8, 16 (y = 0): [-8, 8], [0, 16], [8, 24] in x, [-8, 8] in y
+    priors = make_priors([(1, 3)], strides=(8,), octave_base_scale=2)
+    gt = torch.tensor([[[0.0, -8.0, 14.0, 8.0], [30.0, 2.0, 34.0, 6.0], [4.0, -2.0, 4.0, 2.0]]])
+    # GT 0 vs anchors: IoU 8*16/(256+224-128) = .364, 14*16/256 = .875, 6*16/(256+224-96) = .25
+    # GT 1 overlaps nothing and GT 2 has no area: best IoU 0 -> no low-quality match
+    # (mmdet would hand them every anchor of IoU 0)
+    args = (priors, torch.rand(1, 3, 2), priors.anchors[None], gt, torch.tensor([[1, 0, 0]]), torch.ones(1, 3, dtype=torch.bool))
+    res = MaxIoUAssigner(2, pos_iou_thr=0.5, neg_iou_thr=0.3)(*args)
+    assert res.labels.tolist() == [[-1, 1, 2]]  # .364 ignored, .875 positive, .25 negative
+    assert res.gt_index.tolist() == [[-1, 0, -1]]
+    res = MaxIoUAssigner(2, pos_iou_thr=0.9, neg_iou_thr=0.3)(*args)  # .875 < .9, but it is GT 0's best
+    assert res.labels.tolist() == [[-1, 1, 2]]
+    res = MaxIoUAssigner(2, pos_iou_thr=0.9, neg_iou_thr=0.3, match_low_quality=False)(*args)
+    assert res.labels.tolist() == [[-1, -1, 2]]
+
+
+def test_center_sampling_hand_computed_case():
+    # points x = 0, 8, ..., 56 at y = 0 (stride 8); GT [-4, -4, 60, 4], centre (28, 0)
+    priors = make_priors([(1, 8)], strides=(8,))
+    gt = torch.tensor([[[-4.0, -4.0, 60.0, 4.0]]])
+    args = (priors, torch.rand(1, 8, 1), priors.anchors[None], gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    # radius 1.5 * 8 = 12: centre region x in (16, 40) -> points 24, 32; max(l, t, r, b) = 36 there
+    res = CenterSamplingAssigner(1, radius=1.5, scale_ranges=((0, 64),))(*args)
+    assert res.fg_mask[0].nonzero().flatten().tolist() == [3, 4]
+    res = CenterSamplingAssigner(1, radius=1.5, scale_ranges=((0, 64),), scale_factor=0.5)(*args)  # range [0, 32]
+    assert not res.fg_mask.any()
+    res = CenterSamplingAssigner(1, radius=3.0, scale_ranges=((0, 64),))(*args)  # (4, 52) -> x = 8 .. 48
+    assert res.fg_mask[0].nonzero().flatten().tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_center_sampling_smallest_gt_wins():
+    priors = make_priors([(1, 8)], strides=(8,))
+    gt = torch.tensor([[[-4.0, -4.0, 60.0, 4.0], [20.0, -4.0, 28.0, 4.0]]])  # both claim x = 24
+    res = CenterSamplingAssigner(1, radius=1.5, scale_ranges=((0, 64),))(
+        priors, torch.rand(1, 8, 1), priors.anchors[None], gt, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    )
+    assert res.gt_index[0].tolist() == [-1, -1, -1, 1, 0, -1, -1, -1]

@@ -5,43 +5,52 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.assigners.common import empty_result, gather_result
-from tood.boxes import box_area, box_centers
+from tood.assigners.common import build_result, clean_gts, empty_result, has_no_gt, overlap_pairs, pick_per_prior, where_true
+from tood.boxes import aligned_iou, bbox2distance, box_area, box_centers
 from tood.priors import Priors
 
 FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
 
 
 class CenterSamplingAssigner:
-    """A point is positive for a GT if it lies inside the GT and within ``radius * stride``
-    of the GT centre (the centre region clipped to the GT), and the largest of its
-    distances (l, t, r, b) to the GT sides lies in its level's size range (scaled by
-    ``scale_factor`` for small proxy images). Conflicts go to the smallest GT."""
+    """A prior point is positive for a GT if it lies strictly inside the GT and inside the centre
+    region of half-size ``radius * stride`` around the GT centre (clipped to the GT), and the
+    largest of its distances (l, t, r, b) to the GT sides lies in its level's range
+    ``scale_ranges[level] * scale_factor`` (``scale_factor`` < 1 for small proxy images).
+    A point claimed by several GTs goes to the smallest-area GT (lower GT index on ties).
+    ``scores`` = IoU(predicted box, assigned GT)."""
 
     def __init__(self, num_classes: int, radius: float = 1.5, scale_ranges=FCOS_RANGES, scale_factor: float = 1.0):
-        self.num_classes, self.radius, self.scale_ranges, self.scale_factor = num_classes, radius, scale_ranges, scale_factor
+        self.num_classes, self.radius, self.scale_factor = num_classes, radius, scale_factor
+        self.scale_ranges = tuple(tuple(float(v) for v in r) for r in scale_ranges)
 
     @torch.no_grad()
-    def __call__(self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> AssignResult:
-        if gt_boxes.shape[1] == 0 or not gt_mask.any():
+    def __call__(
+        self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
+    ) -> AssignResult:
+        """pred_boxes ``(B, A, 4)`` xyxy px (pred_scores unused); gt_boxes ``(B, G, 4)``,
+        gt_labels ``(B, G)``, gt_mask ``(B, G)``."""
+        nb, na = pred_boxes.shape[:2]
+        if len(self.scale_ranges) != len(priors.num_per_level):
+            raise ValueError(
+                f"tood/assigners/center_sampling.py: scale_ranges has {len(self.scale_ranges)} entries, "
+                f"expected one per level ({len(priors.num_per_level)})"
+            )
+        if has_no_gt(gt_mask):
             return empty_result(pred_boxes, self.num_classes)
-        gt_boxes = gt_boxes.float()
-        x, y = priors.points[:, 0], priors.points[:, 1]  # (A,)
-        ltrb = torch.stack(
-            [x - gt_boxes[..., 0, None], y - gt_boxes[..., 1, None], gt_boxes[..., 2, None] - x, gt_boxes[..., 3, None] - y], -1
-        )  # (B, G, A, 4)
-        inside = ltrb.amin(-1) > 0  # (B, G, A)
-        centre = box_centers(gt_boxes)  # (B, G, 2)
-        r = priors.strides * self.radius  # (A,)
-        cx1 = torch.maximum(centre[..., 0, None] - r, gt_boxes[..., 0, None])  # (B, G, A)
-        cy1 = torch.maximum(centre[..., 1, None] - r, gt_boxes[..., 1, None])
-        cx2 = torch.minimum(centre[..., 0, None] + r, gt_boxes[..., 2, None])
-        cy2 = torch.minimum(centre[..., 1, None] + r, gt_boxes[..., 3, None])
-        in_centre = (x > cx1) & (x < cx2) & (y > cy1) & (y < cy2)  # (B, G, A)
-        lo = torch.cat([torch.full((n,), self.scale_ranges[i][0]) for i, n in enumerate(priors.num_per_level)]).to(x) * self.scale_factor
-        hi = torch.cat([torch.full((n,), self.scale_ranges[i][1]) for i, n in enumerate(priors.num_per_level)]).to(x) * self.scale_factor
-        reach = ltrb.amax(-1)  # (B, G, A)
-        in_range = (reach >= lo) & (reach <= hi)
-        pos = inside & in_centre & in_range & gt_mask[..., None]
-        area = box_area(gt_boxes)[..., None].expand_as(reach)  # (B, G, A)
-        return gather_result(pos, area, False, gt_boxes, gt_labels, pred_boxes.float(), self.num_classes)
+        gts = clean_gts(gt_boxes, gt_mask)  # (B, G, 4)
+        p = overlap_pairs(priors, priors.points.repeat(1, 2)[None], gts, gt_mask)  # points strictly inside
+        box = gts.reshape(-1, 4).index_select(0, p.seg)  # (N, 4)
+        pts = priors.points.index_select(0, p.a)  # (N, 2)
+        ctr = box_centers(box)  # (N, 2)
+        r = priors.strides.index_select(0, p.a) * self.radius  # (N,)
+        in_centre = ((pts > ctr - r[:, None]) & (pts < ctr + r[:, None])).all(-1)  # (N,)
+        reach = bbox2distance(pts, box).amax(-1)  # (N,)
+        ranges = torch.tensor(self.scale_ranges, dtype=pts.dtype, device=pts.device) * self.scale_factor  # (L, 2)
+        per_prior = torch.repeat_interleave(ranges, torch.tensor(priors.num_per_level, device=pts.device), dim=0)  # (A, 2)
+        lo, hi = per_prior.index_select(0, p.a).unbind(-1)  # (N,)
+        p = p.take(where_true(in_centre & (reach >= lo) & (reach <= hi)))
+        win = pick_per_prior(p.b * na + p.a, -box_area(gts).reshape(-1)[p.seg], p.g, nb * na)  # smallest area
+        p = p.take(where_true(win))
+        scores = aligned_iou(pred_boxes.float().reshape(-1, 4)[p.b * na + p.a], gts.reshape(-1, 4)[p.seg])  # (M,)
+        return build_result(p.b, p.a, p.g, scores, gts, gt_labels, na, self.num_classes)

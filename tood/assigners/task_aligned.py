@@ -1,4 +1,11 @@
-"""Task Alignment Learning assigner (TOOD section 3.2), batched over images."""
+"""Task Alignment Learning assigner (TOOD section 3.2), batched over images.
+
+Exact, but never scores every (GT, prior) pair. For each GT a cheap lower bound ``tau`` on its
+k-th largest ``t`` comes from the priors around its centre. A prior with ``t >= tau`` needs
+``IoU >= u_min = (tau / max(s)^alpha)^(1/beta)``, so its box overlaps the GT shrunk by ``u_min``
+of the GT's width and height on every side. Only those pairs are searched (a window per GT and
+level), scored and ranked; the pairs left out have ``t < tau`` and cannot be in the top-k.
+"""
 from __future__ import annotations
 
 from typing import Literal
@@ -7,58 +14,157 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.assigners.common import INSIDE_EPS, empty_result, gather_result, inside_margin
-from tood.boxes import box_area, box_iou
+from tood.assigners.common import (
+    INSIDE_EPS,
+    build_result,
+    clean_gts,
+    empty_result,
+    has_no_gt,
+    level_grids,
+    overlap_pairs,
+    pick_per_prior,
+    side_margin,
+    where_true,
+)
+from tood.boxes import aligned_iou, box_area, box_centers
 from tood.priors import Priors
 
-NORM_EPS = 1e-7  # the reference adds 10e-8 to the per-GT maximum of t
+NORM_EPS = 10e-8  # added to the per-GT maximum of t, the constant of the reference TOOD head
+BOUND_SLACK = 1e-3, 0.01  # relative slack on u_min and absolute (px) on the shrink: far above rounding
+
+
+def alignment_metric(scores: Tensor, ious: Tensor, alpha: float, beta: float) -> Tensor:
+    """``t = s^alpha * u^beta`` for ``(...)`` scores and IoUs -> float32 ``(...)``.
+
+    Evaluated in float64 and rounded once, so the value does not depend on which SIMD lane
+    computed it and exact ties between identical predictions stay exact ties.
+    """
+    return (scores.double().pow(alpha) * ious.double().pow(beta)).float()
+
+
+def centre_block(priors: Priors, gts: Tensor, size: int = 5) -> tuple[Tensor, Tensor]:
+    """The (up to) ``size x size`` priors of every level around each GT centre: distinct prior
+    indices ``(B, G, L * size^2)`` and their validity ``(L * size^2,)`` (smaller levels have fewer)."""
+    layout, cols, rows = level_grids(priors)
+    dev = gts.device
+    start, height, width = (torch.tensor(v, device=dev) for v in zip(*layout))  # (L,)
+    stride = priors.strides[start]  # (L,)
+    ctr = box_centers(gts)  # (B, G, 2)
+    nw, nh = width.clamp(max=size), height.clamp(max=size)  # (L,)
+    c0 = ((ctr[..., 0, None] - cols[:, 0]) / stride).round().sub(size // 2).clamp(min=0)  # (B, G, L) first column
+    r0 = ((ctr[..., 1, None] - rows[:, 0]) / stride).round().sub(size // 2).clamp(min=0)
+    c0 = torch.minimum(c0, (width - nw).to(c0)).long()  # keep the block inside the grid: distinct columns
+    r0 = torch.minimum(r0, (height - nh).to(r0)).long()
+    j = torch.arange(size, device=dev)
+    valid = (j[:, None] < nh[:, None, None]) & (j[None, :] < nw[:, None, None])  # (L, size, size)
+    rows_i = r0[..., None, None] + j[:, None]  # (B, G, L, size, 1)
+    idx = start[:, None, None] + rows_i * width[:, None, None] + c0[..., None, None] + j  # (B, G, L, size, size)
+    return torch.where(valid, idx, 0).flatten(2), valid.flatten()
 
 
 class TaskAlignedAssigner:
-    """Per GT: the top-m priors by ``t = s^alpha * u^beta`` over all levels whose centre
-    lies inside the GT and whose ``t > 0``.
+    """Per GT: the top-``topk`` priors by ``t = s^alpha * u^beta`` over all levels, kept when
+    ``t > 0`` and the prior centre is more than 0.01 px inside the GT.
 
-    ``s`` is the predicted score of the GT's class, ``u`` the IoU of the predicted box
-    with the GT (both detached). A prior claimed by several GTs goes to the max-IoU GT
-    (``conflict='max_iou'``, the reference code) or the smallest GT (``'min_area'``, the
-    supplementary text). Soft targets ``t_hat = t / max t * max u``, maxima over the
-    priors finally assigned to the same GT.
+    ``s`` is the predicted probability (in [0, 1]) of the GT's class, ``u`` the IoU of the
+    predicted box with the GT (both detached). Equal ``t`` at the top-k boundary: the lower prior
+    index wins. A prior claimed by several GTs goes to the max-IoU GT (``conflict='max_iou'``, the
+    reference code) or the smallest-area GT (``'min_area'``, the supplementary text); remaining
+    ties go to the lower GT index. ``scores`` are ``t_hat = t / (max t + eps) * max u``, both
+    maxima over the priors finally assigned to the same GT (``eps`` = 10e-8 as in the reference).
     """
 
-    def __init__(self, num_classes: int, topk: int = 13, alpha: float = 1.0, beta: float = 6.0, conflict: Literal["max_iou", "min_area"] = "max_iou"):
+    def __init__(
+        self,
+        num_classes: int,
+        topk: int = 13,
+        alpha: float = 1.0,
+        beta: float = 6.0,
+        conflict: Literal["max_iou", "min_area"] = "max_iou",
+        eps: float = NORM_EPS,
+    ):
         if conflict not in ("max_iou", "min_area"):
-            raise ValueError(f"TaskAlignedAssigner: conflict={conflict!r} (expected 'max_iou' or 'min_area')")
-        self.num_classes, self.topk, self.alpha, self.beta, self.conflict = num_classes, topk, alpha, beta, conflict
+            raise ValueError(f"tood/assigners/task_aligned.py: conflict={conflict!r} (expected 'max_iou' or 'min_area')")
+        if topk < 1 or alpha < 0 or beta <= 0:
+            raise ValueError(f"tood/assigners/task_aligned.py: need topk >= 1, alpha >= 0, beta > 0; got {topk}, {alpha}, {beta}")
+        self.num_classes, self.topk, self.alpha, self.beta, self.conflict, self.eps = num_classes, topk, alpha, beta, conflict, eps
+
+    def metric(
+        self, pred_scores: Tensor, pred_boxes: Tensor, gts: Tensor, labels: Tensor, seg: Tensor, box: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``t`` and IoU of pairs given as flat GT ids ``seg`` (into ``B*G``) and box ids ``box``
+        (into ``B*A``), broadcast to one shape ``(...)``."""
+        shape = torch.broadcast_shapes(seg.shape, box.shape)
+        seg, box = (x.reshape(-1) for x in torch.broadcast_tensors(seg, box))  # (P,)
+        ious = aligned_iou(pred_boxes.reshape(-1, 4).index_select(0, box), gts.reshape(-1, 4).index_select(0, seg))  # (P,)
+        cls_id = box * pred_scores.shape[-1] + labels.reshape(-1).index_select(0, seg)  # (P,)
+        t = alignment_metric(pred_scores.reshape(-1).index_select(0, cls_id), ious, self.alpha, self.beta)  # (P,)
+        return t.view(shape), ious.view(shape)
 
     @torch.no_grad()
-    def __call__(self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> AssignResult:
-        b, a, c = pred_scores.shape
-        if gt_boxes.shape[1] == 0 or not gt_mask.any():
+    def __call__(
+        self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor
+    ) -> AssignResult:
+        """priors: A priors; pred_scores ``(B, A, C)`` probabilities; pred_boxes ``(B, A, 4)`` xyxy px;
+        gt_boxes ``(B, G, 4)`` xyxy px; gt_labels ``(B, G)``; gt_mask ``(B, G)`` bool."""
+        nb, na, nc = pred_scores.shape
+        ng, k = gt_boxes.shape[1], self.topk
+        if has_no_gt(gt_mask):
             return empty_result(pred_boxes, self.num_classes)
-        pred_scores, pred_boxes, gt_boxes = pred_scores.float(), pred_boxes.float(), gt_boxes.float()
-        valid = gt_mask[..., None]  # (B, G, 1)
-        ious = box_iou(gt_boxes, pred_boxes)  # (B, G, A)
-        labels = gt_labels.clamp(0, c - 1)  # padded rows may hold anything
-        scores = torch.gather(pred_scores, 2, labels[:, None, :].expand(b, a, -1)).transpose(1, 2)  # (B, G, A)
-        metric = scores.pow(self.alpha) * ious.pow(self.beta) * valid  # (B, G, A)
+        gts = clean_gts(gt_boxes, gt_mask)  # (B, G, 4)
+        labels = torch.where(gt_mask, gt_labels.long(), 0).clamp(0, nc - 1)  # (B, G)
+        pred_boxes = pred_boxes.float()
 
-        top_idx = metric.topk(min(self.topk, a), dim=2).indices  # (B, G, k)
-        candidate = torch.zeros_like(metric, dtype=torch.bool).scatter_(2, top_idx, True)  # (B, G, A)
-        inside = inside_margin(priors.points, gt_boxes) > INSIDE_EPS  # (B, G, A)
-        pos = candidate & inside & (metric > 0) & valid  # (B, G, A)
-
-        if self.conflict == "max_iou":
-            key, largest = ious, True
+        # 1. tau: the k-th largest t among the priors around each GT centre (0 if fewer than k)
+        near, valid = centre_block(priors, gts)  # (B, G, K), (K,)
+        seg_near = torch.arange(nb * ng, device=gts.device).view(nb, ng, 1)  # (B, G, 1)
+        box_near = near + torch.arange(nb, device=gts.device)[:, None, None] * na  # (B, G, K)
+        t_near = torch.where(valid, self.metric(pred_scores, pred_boxes, gts, labels, seg_near, box_near)[0], -1.0)  # (B, G, K)
+        if t_near.shape[-1] >= k:
+            tau = t_near.topk(k, dim=-1).values[..., -1].clamp(min=0)  # (B, G)
         else:
-            key, largest = box_area(gt_boxes)[..., None].expand_as(ious), False
-        res = gather_result(pos, key, largest, gt_boxes, gt_labels, pred_boxes, self.num_classes)
+            tau = torch.zeros_like(t_near[..., 0])
 
-        g = gt_boxes.shape[1]
-        gi = res.gt_index.clamp(min=0)  # (B, A)
-        final = (torch.arange(g, device=gi.device)[None, :, None] == gi[:, None, :]) & res.fg_mask[:, None, :]  # (B, G, A)
-        zero = torch.zeros_like(metric)
-        max_t = torch.where(final, metric, zero).amax(2)  # (B, G)
-        max_u = torch.where(final, ious, zero).amax(2)  # (B, G)
-        t = torch.gather(metric, 1, gi[:, None, :]).squeeze(1)  # (B, A)
-        t_hat = t / (torch.gather(max_t, 1, gi) + NORM_EPS) * torch.gather(max_u, 1, gi)  # (B, A)
-        return res._replace(scores=torch.where(res.fg_mask, t_hat, torch.zeros_like(t_hat)))
+        # 2. the pairs that can reach t >= tau: boxes overlapping the GT shrunk by u_min
+        # (IoU >= u needs an intersection >= u * GT area, so >= u * GT width and >= u * GT height)
+        s_max = pred_scores.amax().double().pow(self.alpha).clamp(min=1e-30)  # ()
+        u_min = ((tau.double() / s_max).pow(1.0 / self.beta) * (1 - BOUND_SLACK[0])).float()  # (B, G)
+        shrink = (gts[..., 2:] - gts[..., :2]).clamp(min=0).mul(u_min[..., None]).sub(BOUND_SLACK[1]).clamp(min=0)  # (B, G, 2)
+        shrunk = gts + torch.cat([shrink, -shrink], -1)  # (B, G, 4) may be inverted: fine
+        p = overlap_pairs(priors, pred_boxes, shrunk, gt_mask)  # N pairs
+        t, ious = self.metric(pred_scores, pred_boxes, gts, labels, p.seg, p.b * na + p.a)  # (N,)
+        # a second bound from the pairs themselves: split a GT's pairs into k groups; the group maxima
+        # are k of its pairs, so the smallest of them is <= its k-th largest t (keeps the table small)
+        num_gt = nb * ng
+        group = p.seg * k + torch.arange(t.numel(), device=t.device) % k  # (N,)
+        floor = t.new_zeros(num_gt * k).scatter_reduce(0, group, t, "amax").view(num_gt, k).amin(1)  # (B*G,)
+        floor = torch.maximum(floor, tau.reshape(-1)).index_select(0, p.seg)  # (N,)
+        idx = where_true((t >= floor) & (t > 0))  # (N',) every pair ranked above one of them is here too
+        p, ious, t = p.take(idx), ious.index_select(0, idx), t.index_select(0, idx)
+
+        # 3. top-k per GT, ties to the lower prior: key = (t bits, -prior) ranked in a padded table
+        key = (t.view(torch.int32).long() << 32) | (2**31 - 1 - p.a)  # (N',) t >= 0: its bits sort like t
+        counts = torch.bincount(p.seg, minlength=num_gt)  # (B*G,)
+        pos = torch.arange(t.numel(), device=t.device) - (counts.cumsum(0) - counts).index_select(0, p.seg)  # (N',) place in its GT
+        width = max(int(counts.max()), 1)
+        table = torch.full((num_gt * width,), -1, dtype=torch.long, device=t.device)  # (B*G*W,)
+        table.index_copy_(0, p.seg * width + pos, key)
+        kth = table.view(num_gt, width).topk(min(k, width), dim=1).values[:, -1]  # (B*G,)
+        idx = where_true(key >= kth.index_select(0, p.seg))  # (M,) about B*G*k
+        p, ious, t = p.take(idx), ious[idx], t[idx]
+        idx = where_true(side_margin(priors.points[p.a], gts.reshape(-1, 4)[p.seg]) > INSIDE_EPS)
+        p, ious, t = p.take(idx), ious[idx], t[idx]
+
+        # 4. one GT per prior
+        if self.conflict == "max_iou":
+            conflict_key = ious  # (M,)
+        else:
+            conflict_key = -box_area(gts).reshape(-1)[p.seg]  # (M,)
+        idx = where_true(pick_per_prior(p.b * na + p.a, conflict_key, p.g, nb * na))
+        p, ious, t = p.take(idx), ious[idx], t[idx]
+
+        # 5. t_hat, normalised over the priors each GT finally keeps
+        max_t = t.new_zeros(num_gt).scatter_reduce(0, p.seg, t, "amax")  # (B*G,)
+        max_u = ious.new_zeros(num_gt).scatter_reduce(0, p.seg, ious, "amax")  # (B*G,)
+        t_hat = t / (max_t[p.seg] + self.eps) * max_u[p.seg]  # (M,)
+        return build_result(p.b, p.a, p.g, t_hat, gts, gt_labels, na, self.num_classes)
