@@ -14,7 +14,8 @@ from torch import Tensor
 class AssignResult(NamedTuple):
     """Per-anchor training targets for a batch.
 
-    labels:   (B, A) long, class index for foreground, ``num_classes`` for background.
+    labels:   (B, A) long, class index for foreground, ``num_classes`` for background,
+              -1 for priors an assigner ignores (MaxIoU's band between its thresholds).
     boxes:    (B, A, 4) xyxy pixels of the assigned GT (zeros for background).
     scores:   (B, A) soft targets in [0, 1]: normalised alignment ``t_hat`` for TAL,
               IoU(predicted box, assigned GT) for the other assigners; 0 for background.
