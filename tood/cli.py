@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler()
     except (ConfigError, DatasetError, FileNotFoundError, NonFiniteLossError, ValueError) as e:
-        print(f"tood: error: {e}", file=sys.stderr)
+        if os.environ.get("TOOD_DEBUG"):
+            raise
+        print(f"tood: error: {e}\n(set TOOD_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_USER_ERROR
 
 
