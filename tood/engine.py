@@ -154,7 +154,8 @@ def train(
             with _autocast(device, cfg.train.amp):
                 outputs = model(batch.images)
             losses = criterion(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, epoch)
-            _check_finite({"loss_total": losses.total, **losses.terms}, epoch, iteration)
+            terms = {"loss_total": losses.total.detach(), **losses.terms}
+            _check_finite(terms, epoch, iteration)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses.total).backward()
             if cfg.train.grad_clip:
@@ -164,9 +165,9 @@ def train(
             scaler.update()
             iteration += 1
             n_images += batch.images.shape[0]
-            for k, v in {"loss_total": losses.total.detach(), **losses.terms}.items():
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+            bar.set_postfix(loss=f"{float(terms['loss_total']):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
             bar.update()
         bar.close()
         metrics = {k: v / max(n_iter, 1) for k, v in sums.items()}
