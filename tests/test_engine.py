@@ -48,14 +48,19 @@ def test_non_finite_loss_names_epoch_iteration_and_term(tiny_data, tmp_path):
 
 
 def test_cli_train_eval_detect_roundtrip(tiny_data, tmp_path):
+    from tood.model.backbone import ResNet
+
     work = tmp_path / "cli"
-    sets = ["--set", f"data.root={tiny_data}", "--set", "data.synthetic=null", "--set", "data.img_scale=[64, 64]", "--set", "train.epochs=1",
+    backbone = tmp_path / "backbone.pth"  # the proxy's ResNet-18 at 1/4 width, torchvision keys
+    torch.save(ResNet(depth=18, base_width=16).state_dict(), backbone)
+    sets = ["--set", f"model.backbone.pretrained={backbone}", "--set", f"data.root={tiny_data}", "--set", "data.synthetic=null", "--set", "data.img_scale=[64, 64]", "--set", "train.epochs=1",
             "--set", "model.neck_channels=16", "--set", "model.head.feat_channels=16", "--set", "model.head.gn_groups=4"]
     base = [sys.executable, "-m", "tood.cli"]
     cfg = str(ROOT / "experiments/base.yaml")
     r = subprocess.run(base + ["train", cfg, "--profile", "proxy", *sets, "--work-dir", str(work), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     trained = json.loads((work / "metrics.json").read_text())
+    backbone.unlink()  # eval and detect take every weight from the checkpoint
     r = subprocess.run(base + ["eval", cfg, str(work / "last.pt"), "--profile", "proxy", *sets, "--quiet"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     evaluated = json.loads(r.stdout)

@@ -27,9 +27,10 @@ def build_head(cfg: HeadConfig, num_classes: int, in_channels: int, num_levels: 
     return ParallelHead(**common, centerness=cfg.centerness)
 
 
-def build_model(cfg: ModelConfig) -> Detector:
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> Detector:
+    """The detector of ``cfg``; ``load_pretrained=False`` skips the backbone file (a checkpoint follows)."""
     backbone = ResNet(depth=cfg.backbone.depth, base_width=cfg.backbone.base_width, frozen_stages=cfg.backbone.frozen_stages, norm_eval=cfg.backbone.norm_eval)
-    if cfg.backbone.pretrained:
+    if cfg.backbone.pretrained and load_pretrained:
         load_torchvision_weights(backbone, cfg.backbone.pretrained)
     neck = FPN(backbone.out_channels, out_channels=cfg.neck_channels, num_outs=len(cfg.strides))
     head = build_head(cfg.head, cfg.num_classes, cfg.neck_channels, len(cfg.strides))

@@ -51,7 +51,7 @@ def _model_from_checkpoint(cfg: Config, checkpoint: str):
 
     device = resolve_device(cfg.train.device)
     state = load_checkpoint(checkpoint)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_pretrained=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
