@@ -388,3 +388,12 @@ def test_detector_forward_backward_reaches_every_trainable_parameter():
     no_grad = [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
     assert no_grad == []
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("prior", [0.01, 0.5])
+def test_alignment_map_starts_at_its_configured_prior(prior):
+    from tood.model.tood_head import TOODHead
+
+    head = TOODHead(num_classes=3, in_channels=16, feat_channels=16, gn_groups=4, alignment_map_prior=prior)
+    assert torch.sigmoid(head.cls_prob_module[-1].bias).item() == pytest.approx(prior, rel=1e-5)
+    assert torch.sigmoid(head.tood_cls.bias).allclose(torch.tensor(0.01))  # the class prior is unchanged

@@ -23,7 +23,8 @@ def build_head(cfg: HeadConfig, num_classes: int, in_channels: int, num_levels: 
         gn_groups=cfg.gn_groups,
     )
     if cfg.type == "t_head":
-        return TOODHead(**common, layer_attention=cfg.layer_attention, alignment_map=cfg.alignment_map, offsets=cfg.offsets)
+        return TOODHead(**common, layer_attention=cfg.layer_attention, alignment_map=cfg.alignment_map, offsets=cfg.offsets,
+                         alignment_map_prior=cfg.alignment_map_prior)
     return ParallelHead(**common, centerness=cfg.centerness)
 
 

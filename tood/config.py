@@ -42,6 +42,7 @@ class HeadConfig:
     anchor_type: Literal["anchor_free", "anchor_based"] = "anchor_free"
     layer_attention: bool = True  # T-head task decomposition
     alignment_map: bool = True  # T-head TAP: M
+    alignment_map_prior: float = 0.01  # T-head: sigmoid(M) at init (the reference: the cls prior 0.01)
     offsets: bool = True  # T-head TAP: O
     centerness: bool = False  # parallel head: centerness branch
     gn_groups: int = 32

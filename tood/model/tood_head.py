@@ -207,10 +207,13 @@ class TOODHead(nn.Module):
         num_levels: int = 5,
         gn_groups: int = 32,
         prior_prob: float = 0.01,
+        alignment_map_prior: float = 0.01,
     ):
         super().__init__()
         if anchor_type not in ANCHOR_TYPES:
             raise ValueError(f"TOODHead: anchor_type={anchor_type!r} (expected one of {ANCHOR_TYPES})")
+        if not 0 < alignment_map_prior < 1:
+            raise ValueError(f"TOODHead: alignment_map_prior={alignment_map_prior} (expected 0 < p < 1)")
         if stacked_convs < 1:
             raise ValueError(f"TOODHead: stacked_convs={stacked_convs} (expected >= 1)")
         self.num_classes, self.anchor_type, self.num_levels = num_classes, anchor_type, num_levels
@@ -230,9 +233,9 @@ class TOODHead(nn.Module):
         if offsets:
             self.reg_offset_module = nn.Sequential(nn.Conv2d(cat, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 8, 3, padding=1))
         self.scales = nn.Parameter(torch.ones(num_levels))
-        self._init_weights(prior_bias(prior_prob))
+        self._init_weights(prior_bias(prior_prob), prior_bias(alignment_map_prior))
 
-    def _init_weights(self, bias_cls: float) -> None:
+    def _init_weights(self, bias_cls: float, bias_prob: float) -> None:
         # mmdet TOODHead.init_weights
         for m in self.inter_convs:
             normal_init(m[0], std=0.01)
@@ -240,7 +243,7 @@ class TOODHead(nn.Module):
         self.reg_decomp.init_weights()
         if self.cls_prob_module is not None:
             normal_init(self.cls_prob_module[0], std=0.01)
-            normal_init(self.cls_prob_module[-1], std=0.01, bias=bias_cls)
+            normal_init(self.cls_prob_module[-1], std=0.01, bias=bias_prob)
         if self.reg_offset_module is not None:
             for m in self.reg_offset_module:
                 if isinstance(m, nn.Conv2d):
