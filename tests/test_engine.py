@@ -7,16 +7,17 @@ import torch
 
 from tests.conftest import ROOT, tiny_config
 from tood.checkpoint import load_checkpoint
-from tood.engine import NonFiniteLossError, train
+from tood.engine import NonFiniteLossError, build_optimizer, train
 
 
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("head,assigner", [("t_head", "tal"), ("parallel", "atss")])
-def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, head, assigner):
-    overrides = [f"model.head.type={head}", f"criterion.assigner={assigner}", "model.head.stacked_convs=" + ("6" if head == "t_head" else "4")]
+@pytest.mark.parametrize("head,assigner,optimizer", [("t_head", "tal", "sgd"), ("parallel", "atss", "sgd"), ("t_head", "tal", "adamw")])
+def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, head, assigner, optimizer):
+    overrides = [f"model.head.type={head}", f"criterion.assigner={assigner}", "model.head.stacked_convs=" + ("6" if head == "t_head" else "4"),
+                 f"train.optimizer={optimizer}"] + (["train.lr=0.001", "train.weight_decay=0.05"] if optimizer == "adamw" else [])
     cfg = tiny_config(tiny_data, *overrides, "train.epochs=3")
     full = train(cfg, tmp_path / "full", progress=False)
 
@@ -39,6 +40,19 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, head, assigner):
     w_cut = load_checkpoint(tmp_path / "cut/last.pt")["model"]
     for name in w_full:
         torch.testing.assert_close(w_full[name], w_cut[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_build_optimizer_follows_config(tiny_data):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    sgd = build_optimizer(tiny_config(tiny_data, "train.momentum=0.8", "train.weight_decay=0.001"), params)
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 0.001
+    adamw = build_optimizer(tiny_config(tiny_data, "train.optimizer=adamw", "train.momentum=0.8", "train.weight_decay=0.05"), params)
+    assert type(adamw) is torch.optim.AdamW and adamw.defaults["betas"] == (0.8, 0.999) and adamw.defaults["weight_decay"] == 0.05
+    # AdamW's decay is decoupled: with zero gradient one step shrinks the weights by lr * wd exactly.
+    adamw.param_groups[0]["lr"] = 0.1
+    params[0].grad = torch.zeros(3)
+    adamw.step()
+    torch.testing.assert_close(params[0].detach(), torch.full((3,), 1 - 0.1 * 0.05))
 
 
 def test_non_finite_loss_names_epoch_iteration_and_term(tiny_data, tmp_path):

@@ -79,7 +79,8 @@ class TrainConfig:
     batch_size: int = 16  # total over all workers
     lr: float = 0.01  # for base_batch_size; scaled linearly to batch_size
     base_batch_size: int = 16
-    momentum: float = 0.9
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.9  # SGD momentum; AdamW uses beta1 = momentum, beta2 = 0.999
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001

@@ -73,6 +73,14 @@ def learning_rate(cfg: Config, epoch: int, iteration: int, world_batch: int | No
     return lr
 
 
+def build_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW (decoupled weight decay), per ``train.optimizer``."""
+    t = cfg.train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=(t.momentum, 0.999), weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
 def _autocast(device: torch.device, amp: str):
     if device.type != "cuda" or amp == "off":
         return torch.autocast(device.type, enabled=False)
@@ -118,7 +126,7 @@ def train(
     model = build_model(cfg.model).to(device)
     criterion = build_criterion(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(cfg, params)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp == "fp16")
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
