@@ -220,6 +220,8 @@ def expand(grid: Grid, profile: str = "proxy", seeds: list[int] | None = None, o
         for seed in seeds:
             cfg.train.seed = seed
             cfg.data.root = str(Path(cfg.data.root).resolve())  # trials run in their own directories
+            if cfg.model.backbone.pretrained:
+                cfg.model.backbone.pretrained = str(Path(cfg.model.backbone.pretrained).resolve())
             trials.append(TrialSpec(
                 study=grid.study, table=grid.table, row_label=row["label"], row_index=i, factors=factors, seed=seed,
                 paper=dict(row.get("paper") or {}), config=copy.deepcopy(to_dict(cfg)), name=f"{stem},seed={seed}",

@@ -101,12 +101,16 @@ def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
 
 
 def _prepare_data(specs: list) -> None:
-    """Generate each synthetic proxy the trials need, once, before any trial starts."""
+    """Generate each synthetic proxy (and synthetically pre-trained backbone) the trials need,
+    once, before any trial starts."""
     from tood.config import build_config
     from tood.data.loaders import ensure_synthetic
+    from tood.model.pretrain import ensure_pretrained_backbone
 
     for spec in {json.dumps(s.config["data"], sort_keys=True): s for s in specs}.values():
         ensure_synthetic(build_config(spec.config, f"trial {spec.name}").data)
+    for spec in {json.dumps([s.config["model"]["backbone"], s.config["data"]], sort_keys=True): s for s in specs}.values():
+        ensure_pretrained_backbone(build_config(spec.config, f"trial {spec.name}"), progress=True)
 
 
 def run_grid(grid_path: str | Path, opts: LaunchOptions | None = None) -> LaunchResult:

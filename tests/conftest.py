@@ -34,6 +34,8 @@ def tiny_config(data_root: Path, *overrides: str) -> Config:
         overrides=[
             f"data.root={data_root}",
             "data.synthetic=null",
+            "model.backbone.pretrained=null",
+            "model.backbone.pretrain=null",
             "data.img_scale=[64, 64]",
             "model.neck_channels=16",
             "model.head.feat_channels=16",

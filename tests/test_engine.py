@@ -67,7 +67,7 @@ def test_cli_train_eval_detect_roundtrip(tiny_data, tmp_path):
     work = tmp_path / "cli"
     backbone = tmp_path / "backbone.pth"  # the proxy's ResNet-18 at 1/4 width, torchvision keys
     torch.save(ResNet(depth=18, base_width=16).state_dict(), backbone)
-    sets = ["--set", f"model.backbone.pretrained={backbone}", "--set", f"data.root={tiny_data}", "--set", "data.synthetic=null", "--set", "data.img_scale=[64, 64]", "--set", "train.epochs=1",
+    sets = ["--set", f"model.backbone.pretrained={backbone}", "--set", "model.backbone.pretrain=null", "--set", f"data.root={tiny_data}", "--set", "data.synthetic=null", "--set", "data.img_scale=[64, 64]", "--set", "train.epochs=1",
             "--set", "model.neck_channels=16", "--set", "model.head.feat_channels=16", "--set", "model.head.gn_groups=4"]
     base = [sys.executable, "-m", "tood.cli"]
     cfg = str(ROOT / "experiments/base.yaml")

@@ -136,3 +136,20 @@ def test_cli(tmp_path, capsys):
     assert train["info"]["knobs"]["noise"] == 2.5 and train["info"]["image_size"] == [96, 128]
     assert np.asarray(Image.open(out / "train" / "000000.png")).shape == (96, 128, 3)
     assert "wrote 3 + 2 images" in capsys.readouterr().out
+
+
+def test_config_knobs_reach_the_generator_and_a_mismatch_is_an_error(tmp_path):
+    from tood.config import ConfigError, DataConfig, SynthConfig
+    from tood.data.loaders import ensure_synthetic
+
+    synth = SynthConfig(n_train=6, n_val=2, seed=3, image_size=96, objects=(2, 3), aspect_max=1.5, cue_size=0.8)
+    data = DataConfig(root=str(tmp_path / "p"), train_ann="annotations/train.json", train_images="train",
+                      val_ann="annotations/val.json", val_images="val", synthetic=synth)
+    ensure_synthetic(data)
+    train = json.loads((tmp_path / "p/annotations/train.json").read_text())
+    assert train["info"]["knobs"]["aspect_max"] == 1.5 and train["info"]["knobs"]["cue_size"] == 0.8
+    assert max(a["aspect"] for a in train["annotations"]) <= 1.5 and len(train["images"]) == 6
+    ensure_synthetic(data)  # same knobs: kept as it is
+    data.synthetic = SynthConfig(**{**synth.__dict__, "aspect_max": 3.0})
+    with pytest.raises(ConfigError, match=r"train\.json: synthetic data was generated with .*'aspect_max': 1\.5"):
+        ensure_synthetic(data)

@@ -26,12 +26,26 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class PretrainConfig:
+    """Synthetic stand-in for ImageNet pre-training (``tood.model.pretrain``): object-crop
+    classification on a separate generated split, written to ``model.backbone.pretrained``."""
+
+    n_images: int = 1000  # generated images; every annotated object becomes one crop
+    seed: int = 1234  # generator and training seed, distinct from the detection data's
+    epochs: int = 4
+    crop_size: int = 64  # px
+    batch_size: int = 64
+    lr: float = 0.003  # AdamW, cosine to 0
+
+
+@dataclass
 class BackboneConfig:
     depth: int = 50
     base_width: int = 64  # < 64 scales every stage: the small CPU backbone for proxy runs
     frozen_stages: int = 1
     norm_eval: bool = True
     pretrained: str | None = None  # path to a torchvision ResNet state_dict (.pth)
+    pretrain: PretrainConfig | None = None  # make `pretrained` synthetically if the file is absent
 
 
 @dataclass
@@ -105,6 +119,7 @@ class SynthConfig:
     image_size: int = 256
     objects: tuple[int, ...] | None = None  # (min, max) objects per image
     size: tuple[int, ...] | None = None  # (min, max) long side in pixels
+    aspect_max: float | None = None  # long / short side, log-uniform in [1, aspect_max]
     noise: float | None = None
     clutter: int | None = None
     distractors: int | None = None
@@ -112,7 +127,7 @@ class SynthConfig:
     crowd_prob: float | None = None
 
     def knobs(self) -> dict:
-        names = ("objects", "size", "noise", "clutter", "distractors", "cue_size", "crowd_prob")
+        names = ("objects", "size", "aspect_max", "noise", "clutter", "distractors", "cue_size", "crowd_prob")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 

@@ -23,6 +23,7 @@ from tood.build import build_criterion, build_model
 from tood.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
 from tood.config import Config, to_dict
 from tood.data.loaders import build_loader
+from tood.model.pretrain import ensure_pretrained_backbone
 from tood.evaluate import evaluate
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -121,6 +122,7 @@ def train(
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", torch.cuda.current_device())
+    ensure_pretrained_backbone(cfg, progress=progress and rank == 0)
     seed_everything(cfg.train.seed)
 
     model = build_model(cfg.model).to(device)
