@@ -1,14 +1,14 @@
 """Datasets and loaders from configuration, deterministic per (seed, epoch)."""
 from __future__ import annotations
 
-import fcntl
 import json
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tood.config import Config, ConfigError, DataConfig
+from tood.cache import exclusive, require_recipe
+from tood.config import Config, DataConfig
 from tood.data.coco import CocoDetection
 from tood.data.transforms import build_transforms, collate
 
@@ -30,9 +30,7 @@ def ensure_synthetic(data: DataConfig) -> None:
     from tood.data.synthetic import synthesize
 
     root = Path(data.root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".synth.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(root / ".synth.lock"):
         s = data.synthetic
         knobs = {k: list(v) if isinstance(v, tuple) else v for k, v in s.knobs().items()}
         wanted = {"seed": s.seed, "n_train": s.n_train, "n_val": s.n_val, "image_size": [s.image_size, s.image_size], **knobs}
@@ -40,11 +38,8 @@ def ensure_synthetic(data: DataConfig) -> None:
         if all(p.exists() for train in (True, False) for p in split_paths(data, train)):
             info = json.loads(ann.read_text()).get("info", {})
             found = {k: info.get("knobs", {}).get(k) if k in knobs else info.get(k) for k in wanted}
-            if found != wanted:
-                raise ConfigError(
-                    f"{ann}: synthetic data was generated with {found} but data.synthetic asks for {wanted} "
-                    f"(expected equal: delete {root} to regenerate it, or point data.root elsewhere)"
-                )
+            require_recipe(ann, "synthetic data was generated", found, "data.synthetic", wanted,
+                           f"delete {root} to regenerate it, or point data.root elsewhere")
             return
         synthesize(root, n_train=s.n_train, n_val=s.n_val, seed=s.seed, image_size=(s.image_size, s.image_size), **s.knobs())
 

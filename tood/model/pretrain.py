@@ -2,11 +2,12 @@
 
 The paper starts from an ImageNet-trained ResNet. Trained from scratch on the proxy, the small
 backbone learns boxes and objectness first and drops colour from its deeper stages (a linear
-probe at the cue reads the class from the stem and layer1, but only at chance from C3-C5), after
-which the cue -> class mapping is learned late or never: whether a 12-epoch run learns the
-classes at all depends on the seed. Pre-training on object-centric crops of a *separate*
-synthetic split (a different generator seed; the detector's val images are never seen) gives
-the backbone what ImageNet gives the real one: features that carry object identity.
+probe at the cue reads the class from the stem and layer1, barely from C3 and at chance from the
+FPN: ``benchmarks/probe_cue.py``), after which the cue -> class mapping is learned late or
+never: whether a 12-epoch run learns the classes at all depends on the seed. Pre-training on
+object-centric crops of a *separate* synthetic split (a different generator seed; the
+detector's images are never seen) gives the backbone what ImageNet gives the real one:
+features that carry object identity.
 
 The recipe: every annotated object of ``n_images`` generated images, cropped with 15% context,
 resized to ``crop_size``, classified by its cue (cross-entropy over the classes, global average
@@ -16,7 +17,6 @@ written with torchvision's keys (``fc`` dropped) to ``model.backbone.pretrained`
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import time
@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tood.cache import exclusive, require_recipe
 from tood.config import Config, ConfigError, PretrainConfig
 from tood.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tood.model.backbone import ResNet
@@ -95,14 +96,20 @@ def accuracy(backbone: ResNet, fc: torch.nn.Linear, x: torch.Tensor, y: torch.Te
     return float((pred == y).float().mean())
 
 
+def _crop_source(cfg: Config) -> tuple[dict, int]:
+    """Generator knobs and image side of the crops' split: the detection proxy's (defaults on real data)."""
+    s = cfg.data.synthetic
+    return (s.knobs(), s.image_size) if s is not None else ({}, 256)
+
+
 def recipe(cfg: Config) -> dict:
-    """What the pre-trained file depends on: backbone shape, the crops' data and the training."""
-    b, pre = cfg.model.backbone, cfg.model.backbone.pretrain
-    knobs = cfg.data.synthetic.knobs() if cfg.data.synthetic is not None else {}
-    size = cfg.data.synthetic.image_size if cfg.data.synthetic is not None else 256
+    """What the pre-trained file depends on: backbone shape, the crops' data and the training,
+    as JSON values (tuples -> lists) so that it compares equal to the recipe read back from disk."""
+    b = cfg.model.backbone
+    knobs, size = _crop_source(cfg)
     return json.loads(json.dumps({
         "depth": b.depth, "base_width": b.base_width, "num_classes": cfg.model.num_classes,
-        "image_size": size, "knobs": knobs, "pretrain": asdict(pre),
+        "image_size": size, "knobs": knobs, "pretrain": asdict(b.pretrain),
     }))
 
 
@@ -123,23 +130,18 @@ def ensure_pretrained_backbone(cfg: Config, progress: bool = False) -> Path | No
         raise ConfigError("model.backbone.pretrain: needs model.backbone.pretrained (the file to write the weights to)")
     out = Path(b.pretrained)
     meta_path = out.with_suffix(".json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     wanted = recipe(cfg)
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(out.with_suffix(".lock")):
         if out.exists():
             found = json.loads(meta_path.read_text()).get("recipe") if meta_path.exists() else None
-            if found != wanted:
-                raise ConfigError(
-                    f"{out}: backbone was pre-trained with {found} but model.backbone.pretrain asks for {wanted} "
-                    f"(expected equal: delete {out} to pre-train again, or point model.backbone.pretrained elsewhere)"
-                )
+            require_recipe(out, "backbone was pre-trained", found, "model.backbone.pretrain", wanted,
+                           f"delete {out} to pre-train again, or point model.backbone.pretrained elsewhere")
             return out
         t0 = time.perf_counter()
         pre, data = b.pretrain, out.parent / f"{out.stem}_data"
-        size = wanted["image_size"]
+        knobs, size = _crop_source(cfg)
         synthesize(data, n_train=pre.n_images, n_val=max(pre.n_images // 10, 1), seed=pre.seed, image_size=(size, size),
-                   num_classes=cfg.model.num_classes, **(cfg.data.synthetic.knobs() if cfg.data.synthetic else {}))
+                   num_classes=cfg.model.num_classes, **knobs)
         x, y = object_crops(data, "train", pre.crop_size)
         xv, yv = object_crops(data, "val", pre.crop_size)
         backbone = ResNet(depth=b.depth, base_width=b.base_width, frozen_stages=-1, norm_eval=False, out_indices=(3,))
