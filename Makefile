@@ -18,4 +18,4 @@ bench: setup
 	.venv/bin/python benchmarks/bench_model.py
 
 clean:
-	rm -rf runs data/proxy mlruns.db mlartifacts reports_out
+	rm -rf runs data/proxy160 data/proxy160_backbone data/smoke mlruns.db mlartifacts reports_out

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def time_step(profile: str | None, batch: int, hw: tuple[int, int], device: str, repeats: int) -> dict:
     cfg = load_config(ROOT / "experiments/base.yaml", profile=profile)
-    model = build_model(cfg.model).to(device).train()
+    model = build_model(cfg.model, load_pretrained=False).to(device).train()  # timing needs no weights
     criterion = build_criterion(cfg)
     images = torch.randn(batch, 3, *hw, device=device)
     gt = torch.tensor([[[40.0, 60.0, 200.0, 180.0], [10.0, 10.0, 60.0, 90.0]]], device=device).expand(batch, -1, -1).contiguous()

@@ -44,7 +44,7 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, head, assigner, o
 
 def test_build_optimizer_follows_config(tiny_data):
     params = [torch.nn.Parameter(torch.ones(3))]
-    sgd = build_optimizer(tiny_config(tiny_data, "train.momentum=0.8", "train.weight_decay=0.001"), params)
+    sgd = build_optimizer(tiny_config(tiny_data, "train.optimizer=sgd", "train.momentum=0.8", "train.weight_decay=0.001"), params)
     assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8 and sgd.defaults["weight_decay"] == 0.001
     adamw = build_optimizer(tiny_config(tiny_data, "train.optimizer=adamw", "train.momentum=0.8", "train.weight_decay=0.05"), params)
     assert type(adamw) is torch.optim.AdamW and adamw.defaults["betas"] == (0.8, 0.999) and adamw.defaults["weight_decay"] == 0.05
