@@ -76,7 +76,7 @@ def test_table4_topm_table6_factors_reach_the_config():
     assert [t.paper for t in trials] == [{}, {}, {"AP": 42.5}, {}, {}]
     trials = expand_grid(EXPERIMENTS / "table6_alignment.yaml", seeds=[0])
     assert [h[:3] + h[4:] for h in _head(trials)] == [
-        ("parallel", 4, True, "atss"), ("t_head", 6, False, "atss"), ("parallel", 4, True, "tal"), ("t_head", 6, False, "tal")]
+        ("parallel", 4, True, "atss"), ("t_head", 6, False, "atss"), ("parallel", 4, False, "tal"), ("t_head", 6, False, "tal")]
     assert [t.paper["n_redundant"] for t in trials] == [25428, 21838, 15927, 15242]
     assert trials[3].name == "head=t_head,assigner=tal,seed=0"
 
