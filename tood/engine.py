@@ -23,8 +23,8 @@ from tood.build import build_criterion, build_model
 from tood.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
 from tood.config import Config, to_dict
 from tood.data.loaders import build_loader
-from tood.model.pretrain import ensure_pretrained_backbone
 from tood.evaluate import evaluate
+from tood.model.pretrain import ensure_pretrained_backbone
 
 LogFn = Callable[[dict[str, float], int], None]
 
