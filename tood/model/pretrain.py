@@ -30,7 +30,7 @@ from PIL import Image
 
 from tood.cache import exclusive, require_recipe
 from tood.config import Config, ConfigError, PretrainConfig
-from tood.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tood.data.transforms import normalize
 from tood.model.backbone import ResNet
 
 CONTEXT = 0.15  # crop margin on each side, as a fraction of the box size
@@ -56,9 +56,13 @@ def object_crops(root: Path, split: str, size: int) -> tuple[torch.Tensor, torch
             box = (x - CONTEXT * w, y - CONTEXT * h, x + (1 + CONTEXT) * w, y + (1 + CONTEXT) * h)
             crops.append(np.asarray(image.crop(box).resize((size, size), Image.BILINEAR)))
             labels.append(label_of[a["category_id"]])
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return (x - mean) / std, torch.tensor(labels)
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
+    return normalize({"image": x})["image"], torch.tensor(labels)  # the detector's normalisation, batched
+
+
+def _logits(backbone: ResNet, fc: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, S, S)`` crops -> ``(N, C)`` class logits: the classifier on the last stage, average-pooled."""
+    return fc(backbone(x)[-1].mean((2, 3)))
 
 
 def train_classifier(backbone: ResNet, x: torch.Tensor, y: torch.Tensor, num_classes: int, pre: PretrainConfig) -> torch.nn.Linear:
@@ -80,7 +84,7 @@ def train_classifier(backbone: ResNet, x: torch.Tensor, y: torch.Tensor, num_cla
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             for g in opt.param_groups:
                 g["lr"] = pre.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(fc(backbone(xb)[-1].mean((2, 3))), y[idx])
+            loss = F.cross_entropy(_logits(backbone, fc, xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -90,9 +94,9 @@ def train_classifier(backbone: ResNet, x: torch.Tensor, y: torch.Tensor, num_cla
 
 
 def accuracy(backbone: ResNet, fc: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy of ``fc(GAP(backbone(x)))`` on ``(N, 3, S, S)`` crops."""
+    """Top-1 accuracy of the classifier on ``(N, 3, S, S)`` crops."""
     with torch.no_grad():
-        pred = torch.cat([fc(backbone(xb)[-1].mean((2, 3))).argmax(1) for xb in x.split(256)])
+        pred = torch.cat([_logits(backbone, fc, xb).argmax(1) for xb in x.split(256)])
     return float((pred == y).float().mean())
 
 
