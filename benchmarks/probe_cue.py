@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loader = build_loader(cfg, train=False)
     ann = json.loads((Path(cfg.data.root) / cfg.data.val_ann).read_text())
+    cats = {c["id"]: i for i, c in enumerate(ann["categories"])}
     per_image: dict[int, list[dict]] = {}
     for a in ann["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)
@@ -90,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
             for k, s in strides.items():
                 feats[f"cue_{k}"].append(at_cells(caps[k][b], cue, s))
                 feats[f"centre_{k}"].append(at_cells(caps[k][b], centre, s))
-            cats = {c["id"]: i for i, c in enumerate(ann["categories"])}
             labels.append(torch.tensor([cats[a["category_id"]] for a in objs]))
     y = torch.cat(labels)
     result = {"checkpoint": args.checkpoint, "objects": len(y), "chance": 1 / len(ann["categories"]),
