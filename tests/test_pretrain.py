@@ -65,3 +65,13 @@ def test_pretrained_backbone_from_another_recipe_is_an_error(tmp_path):
         ensure_pretrained_backbone(_config(tmp_path, "model.backbone.pretrain.epochs=2"))
     with pytest.raises(ConfigError, match=r"model\.backbone\.pretrain: needs model\.backbone\.pretrained"):
         ensure_pretrained_backbone(_config(tmp_path, "model.backbone.pretrained=null"))
+
+
+def test_pretraining_is_deterministic_whatever_ran_before(tmp_path):
+    torch.manual_seed(1)
+    a = ensure_pretrained_backbone(_config(tmp_path / "a", "model.backbone.pretrain.epochs=1"))
+    torch.manual_seed(2)  # a different global RNG state before the second run
+    b = ensure_pretrained_backbone(_config(tmp_path / "b", "model.backbone.pretrain.epochs=1"))
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)

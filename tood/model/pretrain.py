@@ -66,9 +66,10 @@ def _logits(backbone: ResNet, fc: torch.nn.Linear, x: torch.Tensor) -> torch.Ten
 
 
 def train_classifier(backbone: ResNet, x: torch.Tensor, y: torch.Tensor, num_classes: int, pre: PretrainConfig) -> torch.nn.Linear:
-    """Train ``backbone`` (in place) and a linear classifier on ``(N, 3, S, S)`` crops; returns the classifier."""
+    """Train ``backbone`` (in place) and a linear classifier on ``(N, 3, S, S)`` crops; returns the classifier.
+
+    Batch order and flips come from ``pre.seed``; the classifier's init from the global RNG."""
     gen = torch.Generator().manual_seed(pre.seed)
-    torch.manual_seed(pre.seed)
     fc = torch.nn.Linear(backbone.out_channels[-1], num_classes)
     params = [p for p in backbone.parameters() if p.requires_grad] + list(fc.parameters())
     opt = torch.optim.AdamW(params, lr=pre.lr, weight_decay=0.05)
@@ -148,6 +149,7 @@ def ensure_pretrained_backbone(cfg: Config, progress: bool = False) -> Path | No
                    num_classes=cfg.model.num_classes, **knobs)
         x, y = object_crops(data, "train", pre.crop_size)
         xv, yv = object_crops(data, "val", pre.crop_size)
+        torch.manual_seed(pre.seed)  # the backbone's and the classifier's init, whatever ran before
         backbone = ResNet(depth=b.depth, base_width=b.base_width, frozen_stages=-1, norm_eval=False, out_indices=(3,))
         fc = train_classifier(backbone, x, y, cfg.model.num_classes, pre)
         acc = accuracy(backbone, fc, xv, yv)
