@@ -360,7 +360,9 @@ def build_config(
         data = deep_merge(data, profiles[profile])
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value, f"{where}: override {key}")
-    return _from_dict(Config, data, f"{where}:")
+    from tood.validate import validate_config  # tood.validate imports this module
+
+    return validate_config(_from_dict(Config, data, f"{where}:"), f"{where}:")
 
 
 def load_config(
