@@ -22,7 +22,7 @@ import yaml
 
 from tood.config import Config, ConfigError, build_config, load_raw, to_dict
 
-TABLES = ("table1", "table2", "topm", "table4", "table6", "smoke")
+TABLES = ("table1", "table2", "table3", "topm", "table4", "table6", "smoke")
 GRID_KEYS = ("study", "table", "base", "seeds", "rows")
 ROW_KEYS = ("label", "factors", "set", "paper")
 PAPER_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
@@ -45,18 +45,20 @@ def _typed(keys: tuple[str, ...], kind: type) -> Factor:
 
 PARALLEL = {"model.head.type": "parallel", "model.head.stacked_convs": 4, "model.head.centerness": True}
 T_HEAD = {"model.head.type": "t_head", "model.head.stacked_convs": 6, "model.head.centerness": False}
-ASSIGNERS = ("tal", "atss", "max_iou", "center_sampling")
+ASSIGNERS = ("tal", "atss", "max_iou", "center_sampling", "fovea")
 # Registry order is the order in which factors apply (composite factors first).
 FACTORS: dict[str, Factor] = {
-    "detector": _choice({  # Table 1's detectors (FoveaBox is not implemented)
+    "detector": _choice({  # Table 1's detectors
         "atss_af": {"criterion.assigner": "atss", "model.head.anchor_type": "anchor_free"},
         "atss_ab": {"criterion.assigner": "atss", "model.head.anchor_type": "anchor_based"},
         "fcos": {"criterion.assigner": "center_sampling", "model.head.anchor_type": "anchor_free", "model.head.centerness": True},
+        "foveabox": {"criterion.assigner": "fovea", "model.head.anchor_type": "anchor_free"},
     }),
     "head": _choice({"parallel": PARALLEL, "t_head": T_HEAD}),
     "anchor_type": _choice({a: {"model.head.anchor_type": a} for a in ("anchor_free", "anchor_based")}),
     "assigner": _choice({a: {"criterion.assigner": a} for a in ASSIGNERS}),
     "cls_target": _choice({t: {"criterion.cls_target": t} for t in ("hard", "soft")}),
+    "box_weight": _choice({w: {"criterion.box_weight": w} for w in ("none", "centerness", "target", "max_score")}),
     "centerness": _typed(("model.head.centerness",), bool),
     "tap": _typed(("model.head.alignment_map", "model.head.offsets"), bool),
     "layer_attention": _typed(("model.head.layer_attention",), bool),

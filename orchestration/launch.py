@@ -38,6 +38,7 @@ class LaunchOptions:
     storage_path: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 2
+    rerun: bool = False  # train every trial even if the store has a finished run of its key
     quiet: bool = False
     log_checkpoints: bool = False
 
@@ -85,12 +86,32 @@ def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
     try:
         results = build().fit()
     except Exception:
-        reconcile(client, info["parent_run_id"], {})
+        for parent in _parents(info):
+            reconcile(client, parent, {})
         raise
     finally:
         os.environ.pop(MODE_ENV) if before is None else os.environ.__setitem__(MODE_ENV, before)
-    errors = {r.config["trial"]["run_id"]: f"{type(r.error).__name__}: {r.error}" for r in results if r.error is not None}
-    counts = reconcile(client, info["parent_run_id"], errors)
+    errors = {}
+    for r in results:
+        if r.error is not None:
+            trial = r.config["trial"]
+            for rid in [trial["run_id"], *trial.get("alias_run_ids", [])]:
+                errors[rid] = f"{type(r.error).__name__}: {r.error}"
+    return _finish(client, info, errors)
+
+
+def _parents(info: dict) -> list[str]:
+    return [s["parent_run_id"] for s in info.get("studies", [])] or [info["parent_run_id"]]
+
+
+def _finish(client, info: dict, errors: dict[str, str]) -> LaunchResult:
+    """Reconcile every study's runs; the counts are summed over the studies."""
+    from orchestration.tracking import reconcile
+
+    counts: dict[str, int] = {}
+    for parent in _parents(info):
+        for status, n in reconcile(client, parent, errors).items():
+            counts[status] = counts.get(status, 0) + n
     result = LaunchResult(info["name"], Path(info["path"]), info["study"], info["parent_run_id"], info["tracking_uri"], counts)
     if not info["options"]["quiet"]:
         print(f"tood-ablate: {info['name']}: trials by status {counts}", file=sys.stderr)
@@ -115,40 +136,88 @@ def _prepare_data(specs: list) -> None:
 
 def run_grid(grid_path: str | Path, opts: LaunchOptions | None = None) -> LaunchResult:
     """Validate ``grid_path``, create its MLflow runs and run every trial on Ray Tune."""
+    return run_suite([grid_path], opts)
+
+
+def suite_grids(folder: str | Path = "experiments") -> list[Path]:
+    """The grid files of every paper study in ``folder`` (``--all``): all but base.yaml and
+    the smoke grid, in name order."""
+    from orchestration.grid import load_grid
+
+    paths = sorted(p for p in Path(folder).glob("*.yaml") if p.name != "base.yaml")
+    grids = [p for p in paths if load_grid(p).table != "smoke"]
+    if not grids:
+        raise ConfigError(f"{folder}: --all: no grid files found (expected experiments/*.yaml besides base.yaml)")
+    return grids
+
+
+def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -> LaunchResult:
+    """Run several studies in one Ray launch (see ``orchestration.suite``): every study keeps
+    its MLflow experiment and parent run; a trial key that several studies need trains once
+    and fills each study's child run; a key finished in an earlier launch of the store is
+    reused (not with ``opts.rerun``)."""
     from mlflow.tracking import MlflowClient
 
+    from orchestration import preflight
     from orchestration.grid import expand, load_grid, resolved_grid
-    from orchestration.tracking import create_launch_runs, default_tracking_uri
+    from orchestration.suite import schedule, unique_trials
+    from orchestration.tracking import copy_result, create_launch_runs, default_tracking_uri, finished_by_key
     from orchestration.trainable import fault_plan
 
     opts = opts or LaunchOptions()
     check_options(opts)
     set_log_level(opts.quiet)
-    grid = load_grid(grid_path)
-    specs = expand(grid, opts.profile, opts.seeds, opts.overrides)
-    name = opts.name or f"{grid.study}-{time.strftime('%Y%m%d-%H%M%S')}"
+    grids = [load_grid(p) for p in grid_paths]
+    studies = [g.study for g in grids]
+    for g in grids:
+        if studies.count(g.study) > 1:
+            raise ConfigError(f"{g.path}: study: '{g.study}' is the study of another grid of this launch (expected one grid per study)")
+    specs = [expand(g, opts.profile, opts.seeds, opts.overrides) for g in grids]
+    preflight.check_before_start(opts, [s for ss in specs for s in ss])
+    unique = schedule(unique_trials(specs), specs)
+    suite = len(grids) > 1
+    name = opts.name or f"{'suite' if suite else grids[0].study}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = storage_root(opts.storage_path) / name
     if (path / LAUNCH_FILE).exists():
         raise ConfigError(f"{path}: a launch named '{name}' exists (expected a new --name, or `tood-ablate resume {name}`)")
-    _prepare_data(specs)
+    _prepare_data([specs[si][ti] for si, ti in (t.primary for t in unique)])
     tracking_uri = opts.tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri)
-    seeds = opts.seeds if opts.seeds is not None else grid.seeds
-    parent_id, run_ids = create_launch_runs(client, grid.study, grid.table, opts.profile, str(grid.path),
-                                            resolved_grid(grid, seeds, opts.overrides), specs, name)
+    launched = []
+    for g, ss in zip(grids, specs):
+        seeds = opts.seeds if opts.seeds is not None else g.seeds
+        parent_id, run_ids = create_launch_runs(client, g.study, g.table, opts.profile, str(g.path),
+                                                resolved_grid(g, seeds, opts.overrides), ss, name)
+        launched.append({"study": g.study, "table": g.table, "grid": str(Path(g.path).resolve()),
+                         "parent_run_id": parent_id, "run_ids": run_ids})
+    reusable = {} if opts.rerun else finished_by_key(client, {t.key for t in unique})
     workers = max(1, opts.workers_per_trial)
-    trials = [{**asdict(s), "run_id": rid, "tracking_uri": tracking_uri, "storage": str(path), "workers": workers,
-               "cpus_per_worker": opts.cpus_per_trial, "gpus_per_worker": opts.gpus_per_trial,
-               "max_failures": opts.max_failures, "log_checkpoints": opts.log_checkpoints,
-               "fail_once_at_epoch": fault_plan(s.name)} for s, rid in zip(specs, run_ids)]
-    info = {"name": name, "path": str(path), "study": grid.study, "grid": str(Path(grid_path).resolve()),
-            "parent_run_id": parent_id, "tracking_uri": tracking_uri, "trials": len(trials), "options": asdict(opts)}
+    trials, reused = [], 0
+    for t in unique:
+        runs = [launched[si]["run_ids"][ti] for si, ti in t.users]
+        if t.key in reusable:
+            reused += sum(copy_result(client, reusable[t.key].info.run_id, rid) for rid in runs)
+            continue
+        spec = specs[t.primary[0]][t.primary[1]]
+        trials.append({**asdict(spec), "name": f"{spec.study}/{spec.name}" if suite else spec.name, "key": t.key,
+                       "cost": t.cost, "run_id": runs[0], "alias_run_ids": runs[1:], "tracking_uri": tracking_uri,
+                       "storage": str(path), "workers": workers, "cpus_per_worker": opts.cpus_per_trial,
+                       "gpus_per_worker": opts.gpus_per_trial, "max_failures": opts.max_failures,
+                       "log_checkpoints": opts.log_checkpoints, "fail_once_at_epoch": fault_plan(spec.name)})
+    needed = sum(len(ss) for ss in specs)
+    info = {"name": name, "path": str(path), "study": launched[0]["study"], "grid": launched[0]["grid"],
+            "parent_run_id": launched[0]["parent_run_id"], "studies": launched, "tracking_uri": tracking_uri,
+            "trials": len(trials), "trainings": {"without_dedup": needed, "unique": len(unique), "reused_runs": reused,
+                                                   "to_train": len(trials)}, "options": asdict(opts)}
     path.mkdir(parents=True, exist_ok=True)
     (path / TRIALS_FILE).write_text(json.dumps(trials))
     (path / LAUNCH_FILE).write_text(json.dumps(info, indent=2))
     if not opts.quiet:
-        print(f"tood-ablate: {len(trials)} trials of {grid.study} as '{name}' (storage {path}); "
-              f"MLflow {tracking_uri}, parent run {parent_id}", file=sys.stderr)
+        print(f"tood-ablate: {', '.join(studies)} as '{name}' (storage {path}); MLflow {tracking_uri}\n"
+              f"tood-ablate: {needed} child runs, {len(unique)} distinct trials, {len(unique) - len(trials)} reused from "
+              f"earlier runs of the store (--rerun trains them again), {len(trials)} to train", file=sys.stderr)
+    if not trials:
+        return _finish(client, info, {})
     with ray_runtime(opts.address, opts.quiet):
         return _fit(lambda: make_tuner(trials, path, opts, name), client, info)
 
@@ -174,8 +243,11 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     path = Path(info["path"])
     set_log_level(opts.quiet)
     client = MlflowClient(info["tracking_uri"])
-    reopen_parent(client, info["parent_run_id"])
+    for parent in _parents(info):
+        reopen_parent(client, parent)
     trials = json.loads((path / TRIALS_FILE).read_text())
+    if not trials:
+        return _finish(client, info, {})
     with ray_runtime(address or opts.address, opts.quiet):
         return _fit(lambda: restore_tuner(path, trials, opts, name), client, info)
 
@@ -184,18 +256,22 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
     """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, child_runs
+    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs
 
     info = load_launch(name, storage_path)
     client = MlflowClient(info["tracking_uri"])
-    info["parent_status"] = client.get_run(info["parent_run_id"]).info.status
+    statuses = [client.get_run(p).info.status for p in _parents(info)]
+    info["parent_status"] = statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)
     rows = []
-    for run in sorted(child_runs(client, info["parent_run_id"]), key=lambda r: r.info.run_name):
-        history = client.get_metric_history(run.info.run_id, "loss_total")
-        metrics = run.data.metrics
-        rows.append({"status": run.info.status, "name": run.info.run_name, "attempts": run.data.tags.get(ATTEMPTS_TAG, "0"),
-                     "epoch": max((m.step for m in history), default=None), "AP": metrics.get("AP", metrics.get("epoch_AP")),
-                     "error": run.data.tags.get(ERROR_TAG, "")})
+    studies = info.get("studies") or [{"study": info["study"], "parent_run_id": info["parent_run_id"]}]
+    for study in studies:
+        for run in sorted(child_runs(client, study["parent_run_id"]), key=lambda r: r.info.run_name):
+            history = client.get_metric_history(run.info.run_id, "loss_total")
+            metrics, tags = run.data.metrics, run.data.tags
+            rows.append({"status": run.info.status, "study": study["study"], "name": run.info.run_name,
+                         "attempts": tags.get(ATTEMPTS_TAG, "0"), "epoch": max((m.step for m in history), default=None),
+                         "AP": metrics.get("AP", metrics.get("epoch_AP")), "error": tags.get(ERROR_TAG, ""),
+                         "reused_from": tags.get(REUSED_TAG, "")})
     return info, rows
 
 
@@ -203,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tood-ablate", description="TOOD ablation grids on Ray Tune, tracked in MLflow")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="launch a grid file (experiments/*.yaml)")
-    r.add_argument("grid")
+    r.add_argument("grid", nargs="*", help="grid files (several: one launch, identical trials trained once)")
+    r.add_argument("--all", action="store_true", help="every paper study in experiments/ (all grids but smoke) in one launch")
+    r.add_argument("--rerun", action="store_true", help="train every trial, even one whose key has a finished run in the store")
     r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic) or coco")
     r.add_argument("--seeds", help="comma-separated seeds replacing the grid's, e.g. 0,1")
     r.add_argument("--address", help="join a Ray cluster: auto, host:port or ray://host:port (default: local Ray)")
@@ -242,16 +320,24 @@ def _options(args: argparse.Namespace) -> LaunchOptions:
         cpus_per_trial=args.cpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
         tracking_uri=args.tracking_uri, name=args.name, storage_path=args.storage_path,
         overrides=dict(parse_override(o) for o in args.overrides), max_failures=args.max_failures, quiet=args.quiet,
-        log_checkpoints=args.log_checkpoints)
+        log_checkpoints=args.log_checkpoints, rerun=args.rerun)
 
 
 def _print_status(name: str, storage_path: str | None) -> None:
     info, rows = launch_status(name, storage_path)
-    print(f"{info['name']} ({info['study']}): parent {info['parent_status']}, {len(rows)} trials, MLflow {info['tracking_uri']}")
+    studies = ", ".join(s["study"] for s in info.get("studies", [])) or info["study"]
+    print(f"{info['name']} ({studies}): parent {info['parent_status']}, {len(rows)} trials, MLflow {info['tracking_uri']}")
+    if "trainings" in info:
+        t = info["trainings"]
+        print(f"  {t['without_dedup']} child runs, {t['unique']} distinct trials, {t['unique'] - t['to_train']} reused from "
+              f"earlier runs, {t['to_train']} trained by this launch")
+    multi = len(info.get("studies", [])) > 1
     for r in rows:
         ap = "-" if r["AP"] is None else f"{r['AP']:.1f}"
         epoch = "-" if r["epoch"] is None else str(r["epoch"])
-        print(f"  {r['status']:9s} {r['name']:48s} epoch {epoch:>3s}  AP {ap:>5s}  attempts {r['attempts']}"
+        name = f"{r['study']}/{r['name']}" if multi else r["name"]
+        print(f"  {r['status']:9s} {name:60s} epoch {epoch:>3s}  AP {ap:>5s}  attempts {r['attempts']}"
+              + (f"  reused from run {r['reused_from']}" if r["reused_from"] else "")
               + (f"  error: {r['error'][:120]}" if r["error"] and r["status"] != "FINISHED" else ""))
 
 
@@ -264,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            return 0 if run_grid(args.grid, _options(args)).ok else 1
+            if bool(args.grid) == bool(args.all):
+                raise ConfigError("tood-ablate run: give grid files or --all (expected one of the two)")
+            return 0 if run_suite(suite_grids() if args.all else args.grid, _options(args)).ok else 1
         if args.command == "resume":
             return 0 if resume_launch(args.name, args.storage_path, args.address, args.quiet).ok else 1
         _print_status(args.name, args.storage_path)

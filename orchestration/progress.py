@@ -55,6 +55,31 @@ def counts(lines: list[TrialLine]) -> str:
     return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
 
 
+def suite_line(trials: list) -> str:
+    """'suite: 12/69 trials done, 2 running, ETA 41 min': the ETA spreads the estimated cost
+    still to run (``trial['cost']``, running trials counted by the share of epochs left) at
+    the seconds per cost unit measured on the finished trials over the running slots."""
+    from orchestration.suite import eta_seconds
+
+    done, remaining, running = [], 0.0, 0
+    for t in trials:
+        spec, result = t.config.get("trial", {}), t.last_result or {}
+        cost = float(spec.get("cost", 1.0))
+        if t.status == "TERMINATED":
+            if "already_finished" not in result and result.get("time_total_s"):
+                done.append((float(result["time_total_s"]), cost))
+            continue
+        if t.status == "ERROR":
+            continue
+        running += t.status == "RUNNING"
+        epochs = spec.get("config", {}).get("train", {}).get("epochs") or 1
+        remaining += cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
+    n_done = sum(t.status == "TERMINATED" for t in trials)
+    eta = eta_seconds(done, remaining, max(running, 1))
+    return (f"suite: {n_done}/{len(trials)} trials done, {running} running, "
+            + ("ETA -" if eta is None else f"ETA {eta / 60:.0f} min"))
+
+
 class ProgressTable(Callback):
     """Tune callback rendering the trials' progress (see module docstring)."""
 
@@ -63,6 +88,7 @@ class ProgressTable(Callback):
         self._live = None
         self._seen: dict[str, TrialLine] = {}
         self._mode = "off"
+        self._suite = ""
 
     def __getstate__(self) -> dict:
         return {"title": self.title}
@@ -85,7 +111,7 @@ class ProgressTable(Callback):
     def _table(self, lines: list[TrialLine]):
         from rich.table import Table
 
-        table = Table(title=f"{self.title}: {counts(lines)}", title_justify="left")
+        table = Table(title=f"{self.title}: {counts(lines)}; {self._suite}", title_justify="left")
         for column in ("trial", "state", "epoch", "AP"):
             table.add_column(column, justify="right" if column in ("epoch", "AP") else "left")
         style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
@@ -109,6 +135,7 @@ class ProgressTable(Callback):
         changed = [l for l in lines if self._seen.get(l.name) != l]
         if not changed:
             return
+        self._suite = suite_line(trials)
         self._seen.update({l.name: l for l in changed})
         if self._live is not None:
             self._live.update(self._table(lines))
@@ -116,3 +143,5 @@ class ProgressTable(Callback):
         for line in changed:
             name, state, epoch, ap = describe(line)
             print(f"[{counts(lines)}] {name}: {state}, epoch {epoch}, AP {ap}", file=sys.stderr, flush=True)
+        if any(l.state in ("done", "failed") for l in changed):
+            print(self._suite, file=sys.stderr, flush=True)

@@ -8,8 +8,11 @@ a retried or resumed trial always continues its own run. Only ``MlflowClient`` i
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -27,6 +30,7 @@ from tood.config import flatten
 EXPERIMENT_PREFIX = "tood-ablate/"
 ACTIVE = ("RUNNING", "SCHEDULED")
 ERROR_TAG, ATTEMPTS_TAG = "tood.error", "tood.attempts"
+KEY_TAG, REUSED_TAG = "tood.trial_key", "tood.reused_from"  # see orchestration.suite
 T = TypeVar("T")
 
 
@@ -44,16 +48,26 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def retry(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call an MLflow client method, retrying while a sqlite store is locked by another trial."""
-    for attempt in range(8):
+TRANSIENT = ("locked", "Connection refused", "Max retries exceeded", "Connection reset", "Connection aborted",
+             "RemoteDisconnected", "Read timed out", "503 Service Unavailable", "502 Bad Gateway")
+RETRY_BUDGET_S = 60.0  # how long a trial waits for a locked store or a restarting server
+
+
+def retry(fn: Callable[..., T], *args: Any, budget_s: float | None = None, **kwargs: Any) -> T:
+    """Call an MLflow client method, retrying with bounded backoff (0.1 s doubling to 5 s, at
+    most ``budget_s``, default ``RETRY_BUDGET_S``) while a sqlite store is locked by another
+    trial or the tracking server cannot be reached; other errors, and the last one, propagate.
+    Only idempotent calls go through here (a metric batch keeps its timestamps)."""
+    deadline = time.monotonic() + (RETRY_BUDGET_S if budget_s is None else budget_s)
+    delay = 0.1
+    while True:
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # sqlalchemy's OperationalError arrives wrapped or bare
-            if "locked" not in str(e) or attempt == 7:
+        except Exception as e:  # sqlalchemy's OperationalError / requests' ConnectionError arrive wrapped or bare
+            if not any(t in str(e) for t in TRANSIENT) or time.monotonic() + delay > deadline:
                 raise
-            time.sleep(0.1 * 2**attempt)
-    raise AssertionError("unreachable")
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def ensure_experiment(client: MlflowClient, study: str) -> str:
@@ -83,7 +97,10 @@ def _log_yaml(client: MlflowClient, run_id: str, name: str, data: Any) -> None:
 
 def trial_tags(spec: Any, parent_id: str, commit: str) -> dict[str, str]:
     """Tags of a child run (``spec``: an :class:`orchestration.grid.TrialSpec`)."""
+    from orchestration.suite import trial_key
+
     return {
+        KEY_TAG: trial_key(spec.config),
         "mlflow.parentRunId": parent_id, "tood.role": "trial", "tood.study": spec.study, "tood.table": spec.table,
         "tood.row": spec.row_label, "tood.row_index": str(spec.row_index), "tood.profile": spec.profile,
         "tood.seed": str(spec.seed), "tood.git_commit": commit, ATTEMPTS_TAG: "0",
@@ -92,10 +109,41 @@ def trial_tags(spec: Any, parent_id: str, commit: str) -> dict[str, str]:
     }
 
 
+SECRET_PARTS = ("token", "password", "passwd", "secret", "credential", "credentials", "apikey")
+SECRET_KEY_PREFIXES = ("api", "access", "private", "secret", "auth", "signing", "encryption", "ssh")
+MASK = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """A param name that looks like a credential, judged by its parts (split at . _ -): a part
+    token/password/secret/..., or ``key`` alone or after api/access/private/... So
+    ``auth_token`` and ``db.api_key`` are secrets; ``topk``, ``atss_topk``, ``trial_key`` are not."""
+    parts = [p for p in re.split(r"[._\-]+", name.lower()) if p]
+    if any(p in SECRET_PARTS for p in parts) or parts == ["key"]:
+        return True
+    return any(a in SECRET_KEY_PREFIXES and b == "key" for a, b in zip(parts, parts[1:]))
+
+
+def mask_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the value of every secret-looking name (:func:`is_secret_name`) masked."""
+    return {k: MASK if is_secret_name(k) else v for k, v in params.items()}
+
+
+def enable_wal(tracking_uri: str) -> None:
+    """Put a sqlite store in WAL mode (persistent in the file): readers no longer block the
+    writer, so concurrent trials wait less on "database is locked" (MLflow itself sets a
+    20 s busy timeout; :func:`retry` covers what is left)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    with contextlib.closing(sqlite3.connect(tracking_uri[len("sqlite:///"):], timeout=30)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+
+
 def create_launch_runs(client: MlflowClient, study: str, table: str, profile: str, grid_file: str, grid_yaml: dict,
                        specs: list, launch_name: str) -> tuple[str, list[str]]:
     """The parent run (RUNNING) and one SCHEDULED child per trial spec; returns their ids."""
     exp_id = ensure_experiment(client, study)
+    enable_wal(client.tracking_uri)
     commit = git_commit()
     parent = client.create_run(exp_id, run_name=launch_name, tags={
         "tood.role": "parent", "tood.study": study, "tood.table": table, "tood.profile": profile,
@@ -106,7 +154,7 @@ def create_launch_runs(client: MlflowClient, study: str, table: str, profile: st
     child_ids = []
     for spec in specs:
         run_id = client.create_run(exp_id, run_name=spec.name, tags=trial_tags(spec, parent, commit)).info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(spec.config).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in mask_secrets(flatten(spec.config)).items()]
         for i in range(0, len(params), 100):
             client.log_batch(run_id, params=params[i : i + 100])
         client.update_run(run_id, status="SCHEDULED")
@@ -196,3 +244,39 @@ def reconcile(client: MlflowClient, parent_id: str, errors: dict[str, str]) -> d
     parent = "FAILED" if counts.get("FAILED") else "KILLED" if counts.get("KILLED") else "FINISHED"
     retry(client.set_terminated, parent_id, parent)
     return counts
+
+
+def finished_by_key(client: MlflowClient, keys: set[str]) -> dict[str, Any]:
+    """The FINISHED trial run that trained each of ``keys`` (not a reused copy), over every
+    ``tood-ablate/`` experiment of the store; the newest when several did."""
+    exps = [e.experiment_id for e in retry(client.search_experiments, filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")]
+    found: dict[str, Any] = {}
+    token = None
+    while exps:
+        page = retry(client.search_runs, exps, "attributes.status = 'FINISHED' and tags.`tood.role` = 'trial'",
+                     max_results=1000, page_token=token, order_by=["attributes.start_time DESC"])
+        for run in page:
+            key = run.data.tags.get(KEY_TAG)
+            if key in keys and key not in found and REUSED_TAG not in run.data.tags:
+                found[key] = run
+        token = page.token
+        if not token:
+            break
+    return found
+
+
+def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
+    """Fill child run ``target_id`` with the result of ``source_id`` (every metric's history),
+    tag it ``tood.reused_from`` = the source, and finish it. A target already FINISHED is
+    left alone (resume calls this again). Returns whether it copied."""
+    if retry(client.get_run, target_id).info.status == "FINISHED":
+        return False
+    source = retry(client.get_run, source_id)
+    history = [m for key in source.data.metrics for m in retry(client.get_metric_history, source_id, key)]
+    for i in range(0, len(history), 1000):
+        retry(client.log_batch, target_id, metrics=history[i : i + 1000])
+    for tag, value in {REUSED_TAG: source_id, "tood.reused_from_experiment": source.info.experiment_id,
+                       "tood.reused_from_name": source.info.run_name}.items():
+        retry(client.set_tag, target_id, tag, value)
+    retry(client.set_terminated, target_id, "FINISHED")
+    return True

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,6 +138,21 @@ def _train_data_parallel(trial: dict[str, Any], client: MlflowClient, work: Path
     return json.loads((work / "final_metrics.json").read_text()), checkpoint if checkpoint.exists() else None
 
 
+def _log_attempt(client: MlflowClient, trial: dict[str, Any], number: int, t0: float) -> None:
+    """Wall time of this attempt (failed ones too: the compute report counts them) and the
+    resources it held, for the report's compute accounting."""
+    tracking.log_metrics(client, trial["run_id"], {"attempt_wall_s": time.monotonic() - t0}, step=number)
+    for name in ("cpus", "gpus"):
+        tracking.retry(client.set_tag, trial["run_id"], f"tood.{name}_per_trial",
+                       str(trial[f"{name}_per_worker"] * trial["workers"]))
+
+
+def _fill_aliases(client: MlflowClient, trial: dict[str, Any]) -> None:
+    """Other studies' child runs of the same key read this trial's result (see orchestration.suite)."""
+    for alias in trial.get("alias_run_ids", []):
+        tracking.copy_result(client, trial["run_id"], alias)
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of one grid trial (see module docstring)."""
     trial = config["trial"]
@@ -144,8 +160,10 @@ def run_trial(config: dict[str, Any]) -> None:
     client = MlflowClient(trial["tracking_uri"])
     attempt = tracking.start_attempt(client, run_id)
     if attempt.finished:  # finished before the launch was interrupted: report, do not re-run
+        _fill_aliases(client, trial)
         tune.report({**attempt.final_metrics, "already_finished": 1.0})
         return
+    t0 = time.monotonic()
     torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
     parallel = trial["workers"] > 1
     # Data parallel: rank 0 checkpoints where every retry (on any node) finds it: shared storage.
@@ -157,9 +175,12 @@ def run_trial(config: dict[str, Any]) -> None:
             tune.report(metrics)  # the workers report nothing per epoch: rank 0 alone sees the epoch end
         else:
             metrics, checkpoint = _train_in_process(trial, client, work)
+        _log_attempt(client, trial, attempt.number, t0)
         tracking.finish_trial(client, run_id, trial["config"], metrics, step=trial["config"]["train"]["epochs"],
                               checkpoint=checkpoint if trial.get("log_checkpoints") else None)
+        _fill_aliases(client, trial)
     except Exception as e:
+        _log_attempt(client, trial, attempt.number, t0)
         budget = trial["max_failures"]
         tracking.record_error(client, run_id, e, final=budget >= 0 and attempt.number > budget)
         raise

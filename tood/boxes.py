@@ -138,3 +138,9 @@ def delta_decode(anchors: Tensor, deltas: Tensor, stds: tuple[float, ...] = DELT
     w = aw * dw.exp()
     h = ah * dh.exp()
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Clip ``(B, N, 4)`` xyxy boxes to per-image ``sizes`` ``(B, 2)`` (h, w), same pixels."""
+    wh = sizes.to(boxes).flip(-1).repeat(1, 2)[:, None, :]  # (B, 1, 4) as (w, h, w, h)
+    return torch.minimum(boxes.clamp(min=0), wh)

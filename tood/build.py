@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tood.assigners import ATSSAssigner, CenterSamplingAssigner, MaxIoUAssigner, TaskAlignedAssigner
+from tood.assigners import ATSSAssigner, CenterSamplingAssigner, FoveaAssigner, MaxIoUAssigner, TaskAlignedAssigner
 from tood.config import Config, CriterionConfig, HeadConfig, ModelConfig
 from tood.criterion import Phase, TOODCriterion
 from tood.model.backbone import ResNet, load_torchvision_weights
@@ -45,6 +45,8 @@ def _assigner(name: str, num_classes: int, c: CriterionConfig):
         return ATSSAssigner(num_classes, topk=c.atss_topk)
     if name == "max_iou":
         return MaxIoUAssigner(num_classes)
+    if name == "fovea":
+        return FoveaAssigner(num_classes, sigma=c.fovea_sigma, scale_factor=c.center_scale_factor)
     return CenterSamplingAssigner(num_classes, radius=c.center_radius, scale_factor=c.center_scale_factor)
 
 
@@ -52,14 +54,16 @@ def build_criterion(cfg: Config) -> TOODCriterion:
     """Criterion of the configured assignment scheme (the rows of the paper's Table 2).
 
     ``auto`` settings follow the paper: TAL -> soft targets t_hat normalised by their
-    sum and t_hat-weighted GIoU, after an ATSS + focal warm-up; other assigners ->
-    focal loss on hard targets and centerness-weighted GIoU.
+    sum and t_hat-weighted GIoU, after an ATSS + focal warm-up; FoveaBox (no centerness in
+    its recipe) -> focal loss and unweighted GIoU; other assigners -> focal loss on hard
+    targets and centerness-weighted GIoU. ``box_weight: max_score`` with soft targets is
+    the GFL recipe (Table 2's ATSS + QFL).
     """
     c = cfg.criterion
     n = cfg.model.num_classes
     tal = c.assigner == "tal"
     cls_target = c.cls_target if c.cls_target != "auto" else ("soft" if tal else "hard")
-    box_weight = c.box_weight if c.box_weight != "auto" else ("target" if tal else "centerness")
+    box_weight = c.box_weight if c.box_weight != "auto" else ("target" if tal else "none" if c.assigner == "fovea" else "centerness")
     main = Phase(
         assigner=_assigner(c.assigner, n, c),
         cls_target=cls_target,

@@ -73,7 +73,7 @@ class ModelConfig:
 
 @dataclass
 class CriterionConfig:
-    assigner: Literal["tal", "atss", "max_iou", "center_sampling"] = "tal"
+    assigner: Literal["tal", "atss", "max_iou", "center_sampling", "fovea"] = "tal"
     warmup_epochs: int = 4  # TAL only: ATSS + focal for the first epochs
     topk: int = 13  # TAL top-m
     alpha: float = 1.0
@@ -81,10 +81,11 @@ class CriterionConfig:
     conflict: Literal["max_iou", "min_area"] = "max_iou"
     atss_topk: int = 9
     cls_target: Literal["auto", "hard", "soft"] = "auto"  # auto: soft for TAL, hard otherwise
-    box_weight: Literal["auto", "none", "centerness", "target"] = "auto"
+    box_weight: Literal["auto", "none", "centerness", "target", "max_score"] = "auto"  # max_score: GFL's weighting
     reg_weight: float = 2.0
     center_radius: float = 1.5
-    center_scale_factor: float = 1.0  # scales the FCOS per-level size ranges (small proxy images)
+    center_scale_factor: float = 1.0  # scales the FCOS and FoveaBox per-level size ranges (small proxy images)
+    fovea_sigma: float = 0.4  # FoveaBox: the positive region is sigma x the GT around its centre
 
 
 @dataclass

@@ -27,13 +27,14 @@ class Phase:
         ``AssignResult.scores`` (t_hat for TAL, IoU otherwise).
     cls_norm: 'num_pos' or 'target_sum' (sum of soft targets, TOOD's normaliser).
     box_weight: per-positive GIoU weight: 'none' (1), 'centerness' (FCOS centerness of
-        the anchor point), 'target' (the soft target); normalised by the weight sum.
+        the anchor point), 'target' (the soft target), 'max_score' (the positive's highest
+        predicted class probability, detached: GFL's weighting); normalised by the weight sum.
     """
 
     assigner: Assigner
     cls_target: Literal["hard", "soft"]
     cls_norm: Literal["num_pos", "target_sum"]
-    box_weight: Literal["none", "centerness", "target"]
+    box_weight: Literal["none", "centerness", "target", "max_score"]
 
 
 @dataclass
@@ -81,6 +82,8 @@ class TOODCriterion:
         target_boxes = res.boxes[fg]  # (P, 4)
         if phase.box_weight == "target":
             weight, min_norm = res.scores[fg], 1.0  # (P,)
+        elif phase.box_weight == "max_score":
+            weight, min_norm = logits.detach()[fg].sigmoid().amax(-1), 1e-6  # (P,)
         elif phase.box_weight == "centerness":
             weight, min_norm = centerness_target(points, target_boxes), 1e-6
         else:

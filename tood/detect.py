@@ -36,7 +36,8 @@ def detect_images(
         batch = collate([sample]).to(device)
         outputs = model(batch.images)
         (det,) = postprocess(
-            outputs, cfg.test.nms_pre, cfg.test.score_thr, cfg.test.nms_iou, cfg.test.max_per_img, batch.scale_factors, batch.orig_sizes
+            outputs, cfg.test.nms_pre, cfg.test.score_thr, cfg.test.nms_iou, cfg.test.max_per_img, batch.scale_factors, batch.orig_sizes,
+            batch.img_sizes,
         )
         names = class_names or [str(i) for i in range(cfg.model.num_classes)]
         records = [

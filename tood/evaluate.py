@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from tood.boxes import clip_boxes
 from tood.config import Config
 from tood.eval.alignment import AlignmentAccumulator
 from tood.eval.coco_map import detections_to_coco, evaluate_coco
@@ -27,6 +28,7 @@ def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, p
                 max_per_img=cfg.test.max_per_img,
                 scale_factors=batch.scale_factors,
                 orig_sizes=batch.orig_sizes,
+                img_sizes=batch.img_sizes,
             )
             yield batch, outputs, dets
     finally:
@@ -45,7 +47,8 @@ def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, 
         if align is not None:
             # GTs back to original pixels so that the post-NMS counts compare like with like.
             gt_orig = batch.gt_boxes / batch.scale_factors[:, None, :].repeat(1, 1, 2)
-            align.update_before_nms(detection_scores(outputs), outputs["boxes"], batch.gt_boxes, batch.gt_labels, batch.gt_mask)
+            boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
+            align.update_before_nms(detection_scores(outputs), boxes, batch.gt_boxes, batch.gt_labels, batch.gt_mask)
             for b, det in enumerate(dets):
                 m = batch.gt_mask[b]
                 align.update_after_nms(det.boxes, det.scores, det.labels, gt_orig[b][m], batch.gt_labels[b][m])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tood.boxes import clip_boxes
 from tood.nms import batched_nms
 
 
@@ -39,6 +40,7 @@ def postprocess(
     max_per_img: int = 100,
     scale_factors: Tensor | None = None,
     orig_sizes: Tensor | None = None,
+    img_sizes: Tensor | None = None,
 ) -> list[Detections]:
     """Detections for every image of a batch, in one batched pass.
 
@@ -49,9 +51,14 @@ def postprocess(
         scale_factors: ``(B, 2)`` (w_scale, h_scale) of the resize; boxes are divided
             by them to return to original-image pixels.
         orig_sizes: ``(B, 2)`` (h, w) original sizes to clip to.
+        img_sizes: ``(B, 2)`` (h, w) of the resized, un-padded input: boxes are clipped to
+            it before top-k and NMS (as the reference does), so boxes reaching past the image
+            border are compared by their visible part.
     """
     scores = detection_scores(outputs)  # (B, A, C)
     boxes = outputs["boxes"].float()  # (B, A, 4)
+    if img_sizes is not None:
+        boxes = clip_boxes(boxes, img_sizes)
     b, _, c = scores.shape
     cand_scores, cand_anchor = [], []
     for sl in outputs["priors"].level_slices():

@@ -1,7 +1,8 @@
 """Feature pyramid network: C3..C5 -> P3..P7 (mmdet ``FPN`` with
-``add_extra_convs='on_output'``, ``relu_before_extra_convs=True``).
+``add_extra_convs='on_output'``, ``relu_before_extra_convs=False`` as in the TOOD and ATSS
+configs).
 
-P6 is a 3x3 stride-2 conv on the P5 *output*; P7 a 3x3 stride-2 conv on ``relu(P6)``.
+P6 is a 3x3 stride-2 conv on the P5 *output*; P7 a 3x3 stride-2 conv on P6, no ReLU between.
 """
 from __future__ import annotations
 
@@ -47,5 +48,5 @@ class FPN(nn.Module):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)]
         for i, conv in enumerate(self.extra_convs):
-            outs.append(conv(outs[-1] if i == 0 else F.relu(outs[-1])))
+            outs.append(conv(outs[-1]))
         return outs
