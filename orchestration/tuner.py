@@ -35,13 +35,29 @@ def ray_runtime(address: str | None, quiet: bool) -> Iterator[None]:
         ray.init(address=address, log_to_driver=False, logging_level=level)
     else:  # "local": never attach to another Ray instance running on this machine
         store_mb = int(os.environ.get("TOOD_RAY_OBJECT_STORE_MB", "256"))
+        _loopback_only()
         ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
-                 object_store_memory=store_mb * 1024**2, log_to_driver=False, logging_level=level)
+                 object_store_memory=store_mb * 1024**2, log_to_driver=False, logging_level=level,
+                 _node_ip_address=LOOPBACK)
     set_log_level(quiet)  # ray.init reconfigures its loggers
     try:
         yield
     finally:
         ray.shutdown()
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _loopback_only() -> None:
+    """A local runtime serves this machine only: Ray then takes 127.0.0.1 as the node's address
+    (its one-machine mode), so GCS, raylet, object manager and workers advertise and bind
+    loopback instead of the outward-facing address. The environment carries the setting to the
+    processes Ray starts; the constant is read when ``ray`` is imported, so it is set here too."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def trial_name(trial: Any) -> str:
