@@ -161,41 +161,84 @@ def alignment_case(seed, b=2, a=300, c=3, g=4):
     return cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask
 
 
-def brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, k_pcc=50, k_iou=10):
-    """Per instance, with python sorting and scipy: list of (r or None, top-k mean IoU)."""
-    from scipy.stats import pearsonr
+def brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, k_pcc=50, k_iou=10, whole_image=False):
+    """Per instance, with python loops and scipy: list of (pearson r or None, spearman rho or
+    None, top-k mean IoU, n attributed). The instance reading attributes each prediction to
+    the valid GT its box overlaps most (IoU > 0); ``whole_image`` ranks every anchor."""
+    from scipy.stats import pearsonr, spearmanr
 
     out = []
     for i in range(gt_boxes.shape[0]):
-        for j in range(gt_boxes.shape[1]):
-            if not gt_mask[i, j]:
-                continue
+        valid = [j for j in range(gt_boxes.shape[1]) if gt_mask[i, j]]
+        for j in valid:
             s = cls_scores[i, :, gt_labels[i, j]].tolist()
-            order = sorted(range(len(s)), key=lambda n: -s[n])
-            ious = [box_iou(pred_boxes[i, n][None], gt_boxes[i, j][None]).item() for n in order[:k_pcc]]
-            top_s = [s[n] for n in order[:k_pcc]]
-            r = None if len(set(top_s)) == 1 or len(set(ious)) == 1 else pearsonr(top_s, ious)[0]
-            out.append((r, sum(ious[:k_iou]) / k_iou))
+            iou = [box_iou(pred_boxes[i, n][None], gt_boxes[i, j][None]).item() for n in range(len(s))]
+            mine = range(len(s))
+            if not whole_image:
+                best = lambda n: max(valid, key=lambda v: (box_iou(pred_boxes[i, n][None], gt_boxes[i, v][None]).item(), -v))  # noqa: E731
+                mine = [n for n in mine if iou[n] > 0 and best(n) == j]
+            order = sorted(mine, key=lambda n: -s[n])
+            top_s, top_u = [s[n] for n in order[:k_pcc]], [iou[n] for n in order[:k_pcc]]
+            ok = len(top_s) >= 2 and len(set(top_s)) > 1 and len(set(top_u)) > 1
+            k = min(k_iou, len(order))
+            out.append((pearsonr(top_s, top_u)[0] if ok else None, spearmanr(top_s, top_u)[0] if ok else None,
+                        sum(top_u[:k]) / k if k else 0.0, len(order)))
     return out
 
 
 def test_pcc_and_top10_iou_match_scipy_and_brute_force():
     acc = AlignmentAccumulator()
-    ref = []
+    ref, ref_img = [], []
     for seed in range(3):  # several batches accumulate into one mean over instances
         case = alignment_case(seed)
         acc.update_before_nms(*case)
         ref += brute_force_alignment(*case)
-    rs = [r for r, _ in ref if r is not None]
+        ref_img += brute_force_alignment(*case, whole_image=True)
+    rs = [r for r, *_ in ref if r is not None]
     res = acc.result()
-    assert res["n_instances"] == len(ref) and res["n_pcc_skipped"] == 0 and len(ref) >= 15
+    assert res["n_instances"] == len(ref) and len(ref) >= 15
+    assert res["n_pcc_skipped"] == sum(r is None for r, *_ in ref)
     assert res["PCC"] == pytest.approx(sum(rs) / len(rs), abs=1e-6)
-    assert res["top10_iou"] == pytest.approx(sum(i for _, i in ref) / len(ref), abs=1e-6)
+    assert res["PCC_spearman"] == pytest.approx(sum(x for _, x, *_ in ref if x is not None) / len(rs), abs=1e-6)
+    assert res["top10_iou"] == pytest.approx(sum(x[2] for x in ref) / len(ref), abs=1e-6)
+    assert res["pcc_n_mean"] == pytest.approx(sum(x[3] for x in ref) / len(ref))
+    r_img = [r for r, *_ in ref_img if r is not None]
+    assert res["PCC_image"] == pytest.approx(sum(r_img) / len(r_img), abs=1e-6)
     assert 0.05 < res["top10_iou"] < 0.95 and abs(res["PCC"]) > 1e-3  # the data is not degenerate
     one = alignment_before_nms(*alignment_case(0), topk_pcc=20, topk_iou=5)
     ref = brute_force_alignment(*alignment_case(0), k_pcc=20, k_iou=5)
-    assert one.pcc_sum == pytest.approx(sum(r for r, _ in ref), abs=1e-6)
-    assert one.iou_sum == pytest.approx(sum(i for _, i in ref), abs=1e-6)
+    assert one.pcc_sum == pytest.approx(sum(r for r, *_ in ref if r is not None), abs=1e-6)
+    assert one.iou_sum == pytest.approx(sum(x[2] for x in ref), abs=1e-6)
+
+
+def test_instance_reading_differs_from_whole_image_reading_by_hand():
+    """One GT [0, 0, 10, 10] and four predictions: two on the object (scores 0.9 / 0.6 with IoU
+    0.5 / 1.0 -- misaligned), two far away on background with low scores and IoU 0. The whole
+    image's top-4 correlates score with IoU through fg/bg contrast (r > 0); the instance's own
+    predictions are anti-aligned (r = -1 on two points, top-10 IoU 0.75, n = 2)."""
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0], [70.0, 70.0, 80.0, 80.0]]])
+    scores = torch.tensor([[[0.9], [0.6], [0.1], [0.05]]])
+    gt, labels, mask = torch.tensor([[[0.0, 0.0, 10.0, 10.0]]]), torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool)
+    s = alignment_before_nms(scores, boxes, gt, labels, mask, topk_pcc=4, topk_iou=10)
+    assert (s.n_pcc, s.n_sum) == (1, 2)
+    assert s.pcc_sum == pytest.approx(-1.0) and s.spearman_sum == pytest.approx(-1.0)
+    assert s.iou_sum == pytest.approx(0.75)
+    from scipy.stats import pearsonr
+
+    assert s.pcc_image_sum == pytest.approx(pearsonr([0.9, 0.6, 0.1, 0.05], [0.5, 1.0, 0.0, 0.0])[0], abs=1e-6)
+    assert s.pcc_image_sum > 0.5
+
+
+def test_predictions_go_to_the_gt_they_overlap_most():
+    """A box overlapping two GTs counts for the one with the higher IoU only."""
+    gt = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [8.0, 0.0, 18.0, 10.0]]])
+    boxes = torch.tensor([[[1.0, 0.0, 11.0, 10.0], [7.0, 0.0, 17.0, 10.0], [0.0, 0.0, 9.0, 10.0]]])  # GT0, GT1, GT0
+    scores = torch.tensor([[[0.8], [0.7], [0.3]]])
+    labels, mask = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    s = alignment_before_nms(scores, boxes, gt, labels, mask)
+    assert s.n_sum == 3 and s.n_pcc == 1  # GT1 has one prediction: no r
+    iou = box_iou(boxes[0], gt[0])
+    assert s.iou_sum == pytest.approx(float((iou[0, 0] + iou[2, 0]) / 2 + iou[1, 1]))
 
 
 def test_constant_instances_are_skipped_by_pcc_only():
@@ -206,19 +249,21 @@ def test_constant_instances_are_skipped_by_pcc_only():
     gt_boxes[0, 2] = torch.tensor([1000.0, 1000.0, 1100.0, 1100.0])  # instance 2: IoU 0 everywhere
     s = alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
     ref = brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
-    assert ref[1][0] is None and ref[2][0] is None and ref[2][1] == 0.0
+    assert ref[1][0] is None and ref[2][0] is None and ref[2][2] == 0.0 and ref[2][3] == 0
     assert (s.n_instances, s.n_pcc) == (3, 1)
     assert s.pcc_sum == pytest.approx(ref[0][0], abs=1e-6)
     # top-10 IoU keeps instance 2 (at 0); instance 1's top-10 is an arbitrary pick among ties.
+    # Without instance 1 its predictions go to instance 0 (attribution is over valid GTs).
     gt_mask[0, 1] = False
     s = alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    ref = brute_force_alignment(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
     assert (s.n_instances, s.n_pcc) == (2, 1)
-    assert s.iou_sum == pytest.approx(ref[0][1] + ref[2][1], abs=1e-6)
+    assert s.iou_sum == pytest.approx(ref[0][2] + ref[1][2], abs=1e-6)
 
 
 def test_no_instances():
     cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask = alignment_case(1)
-    assert alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask & False) == (0.0, 0, 0.0, 0)
+    assert alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask & False) == (0.0, 0.0, 0, 0.0, 0, 0, 0.0, 0)
     res = AlignmentAccumulator().result()
     assert math.isnan(res["PCC"]) and math.isnan(res["top10_iou"]) and res["n_correct"] == 0
 

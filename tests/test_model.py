@@ -130,7 +130,7 @@ def test_fpn_matches_reference_and_parameter_count():
     p = [F.conv2d(x, m.weight, m.bias, padding=1) for x, m in zip(lat, fpn.fpn_convs)]
     e0, e1 = fpn.extra_convs
     p6 = F.conv2d(p[2], e0.weight, e0.bias, stride=2, padding=1)  # on the P5 output
-    p7 = F.conv2d(p6.relu(), e1.weight, e1.bias, stride=2, padding=1)
+    p7 = F.conv2d(p6, e1.weight, e1.bias, stride=2, padding=1)  # no ReLU in between (relu_before_extra_convs=False)
     for got, ref in zip(outs, p + [p6, p7]):
         torch.testing.assert_close(got, ref)
     for m in fpn.modules():
