@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.reference_assigners import atss_reference, center_sampling_reference, max_iou_reference, tal_reference
-from tood.assigners import ATSSAssigner, CenterSamplingAssigner, MaxIoUAssigner, TaskAlignedAssigner
+from tood.assigners import ATSSAssigner, CenterSamplingAssigner, FoveaAssigner, MaxIoUAssigner, TaskAlignedAssigner
 from tood.assigners.common import level_grids, overlap_mask, overlap_pairs, pairs_from_mask
 from tood.priors import make_priors
 
@@ -277,3 +277,38 @@ def test_center_sampling_smallest_gt_wins():
         priors, torch.rand(1, 8, 1), priors.anchors[None], gt, torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
     )
     assert res.gt_index[0].tolist() == [-1, -1, -1, 1, 0, -1, -1, -1]
+
+
+def test_fovea_hand_computed_case():
+    # points x = 0, 8, ..., 56 at y = 0 (stride 8); GT [-4, -4, 60, 4]: centre (28, 0), sqrt(w h) =
+    # sqrt(512) = 22.6; fovea with sigma 0.4: |x - 28| <= 12.8 and |y| <= 1.6 -> x = 16, 24, 32, 40
+    priors = make_priors([(1, 8)], strides=(8,))
+    gt = torch.tensor([[[-4.0, -4.0, 60.0, 4.0]]])
+    args = (priors, torch.rand(1, 8, 1), priors.anchors[None], gt, torch.zeros(1, 1, dtype=torch.long), ONE)
+    assert priors.points[:, 0].tolist() == [0.0, 8.0, 16.0, 24.0, 32.0, 40.0, 48.0, 56.0]
+    res = FoveaAssigner(1, sigma=0.4, scale_ranges=((16, 32),))(*args)
+    assert res.fg_mask[0].nonzero().flatten().tolist() == [2, 3, 4, 5]
+    assert res.boxes[0, 2].tolist() == [-4.0, -4.0, 60.0, 4.0] and res.labels[0].tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    res = FoveaAssigner(1, sigma=0.2, scale_ranges=((16, 32),))(*args)  # |x - 28| <= 6.4 -> 24, 32
+    assert res.fg_mask[0].nonzero().flatten().tolist() == [3, 4]
+    res = FoveaAssigner(1, sigma=0.4, scale_ranges=((32, 64),))(*args)  # 22.6 outside the level's range
+    assert not res.fg_mask.any()
+    res = FoveaAssigner(1, sigma=0.4, scale_ranges=((64, 128),), scale_factor=0.25)(*args)  # [16, 32]
+    assert res.fg_mask[0].sum() == 4
+
+
+def test_fovea_smallest_gt_wins_and_levels_split_by_scale():
+    # level 0: x = 0, 8, ..., 56 (range [1, 32]); level 1: x = 0, 16, 32, 48 (range [16, 64])
+    priors = make_priors([(1, 8), (1, 4)], strides=(8, 16))
+    labels, mask = torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool)
+    assign = FoveaAssigner(1, sigma=0.4, scale_ranges=((1, 32), (16, 64)))
+    # big GT (scale 22.6, both levels): |x - 28| <= 12.8; small GT [20, -4, 36, 4] (scale 11.3,
+    # level 0 only): |x - 28| <= 3.2 holds no point, so it gets no positive
+    gt = torch.tensor([[[-4.0, -4.0, 60.0, 4.0], [20.0, -4.0, 36.0, 4.0]]])
+    res = assign(priors, torch.rand(1, 12, 1), priors.anchors[None], gt, labels, mask)
+    assert res.gt_index[0].tolist() == [-1, -1, 0, 0, 0, 0, -1, -1, -1, 0, 0, -1]
+    # small GT [12, -4, 44, 4]: scale 16 (both levels), |x - 28| <= 6.4 -> 24, 32 on level 0 and
+    # 32 on level 1, all also claimed by the big GT: the smaller one takes them
+    gt[0, 1] = torch.tensor([12.0, -4.0, 44.0, 4.0])
+    res = assign(priors, torch.rand(1, 12, 1), priors.anchors[None], gt, labels, mask)
+    assert res.gt_index[0].tolist() == [-1, -1, 0, 1, 1, 0, -1, -1, -1, 0, 1, -1]

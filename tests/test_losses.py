@@ -113,3 +113,15 @@ def test_criterion_ignores_label_minus_one():
     b = crit_b(outputs, gt, torch.tensor([[1]]), torch.tensor([[True]]), 0).terms["loss_cls"].item()
     # anchor 2 contributes 2 negatives of 0.75 * 0.25 * ln 2 each (divided by num_pos 2)
     assert a - b == pytest.approx(2 * 0.75 * 0.25 * math.log(2) / 2, rel=1e-5)
+
+
+def test_criterion_gfl_box_weight_is_the_max_predicted_score():
+    """GFL (Table 2's ATSS + QFL): GIoU weighted by each positive's highest class probability,
+    normalised by the sum of those weights."""
+    _, gt, res, outputs = _setup()
+    outputs = {**outputs, "cls_logits": torch.tensor([[[0.0, math.log(3.0)], [math.log(0.25), -1.0], [2.0, 2.0]]])}
+    crit = TOODCriterion(2, Phase(FixedAssigner(res), "soft", "num_pos", "max_score"), reg_weight=2.0)
+    out = crit(outputs, gt, torch.tensor([[1]]), torch.tensor([[True]]), epoch=0)
+    w0, w1 = 0.75, 1 / (1 + math.exp(1.0))  # max over classes of sigmoid: 0.75 (anchor 0), sigmoid(-1) (anchor 1)
+    # anchor 0's box is exact (GIoU loss 0), anchor 1's GIoU loss is 0.25
+    assert out.terms["loss_box"].item() == pytest.approx(2.0 * (w1 * 0.25) / (w0 + w1), rel=1e-5)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tood.boxes import box_iou
@@ -75,3 +76,19 @@ def test_postprocess_rescales_and_clips_to_original_image():
     dets = postprocess(out, scale_factors=torch.tensor([[2.0, 4.0]]), orig_sizes=torch.tensor([[50, 100]]))
     expected = torch.tensor([[5.0, 5.0, 15.0, 15.0], [0.0, 0.0, 100.0, 2.5]])
     assert torch.allclose(dets[0].boxes, expected)
+
+
+def test_boxes_are_clipped_to_the_image_before_nms():
+    """Two boxes of one class that differ only past the right border (image 40 px wide): unclipped
+    their IoU is 40/120 and both survive NMS at 0.6; clipped they coincide and one is suppressed."""
+    priors = make_priors([(1, 2)], strides=(8,))
+    out = {
+        "cls_logits": torch.tensor([[[5.0], [4.0]]]),
+        "boxes": torch.tensor([[[0.0, 0.0, 120.0, 10.0], [0.0, 0.0, 40.0, 10.0]]]),
+        "centerness": None,
+        "priors": priors,
+    }
+    assert len(postprocess(out, nms_iou=0.6)[0].scores) == 2
+    dets = postprocess(out, nms_iou=0.6, img_sizes=torch.tensor([[20, 40]]))
+    assert dets[0].scores.tolist() == [pytest.approx(torch.tensor(5.0).sigmoid().item())]
+    assert dets[0].boxes.tolist() == [[0.0, 0.0, 40.0, 10.0]]
