@@ -20,6 +20,7 @@ from orchestration.tuner import make_tuner, ray_runtime, restore_tuner, set_log_
 from tood.config import ConfigError, parse_override
 
 LAUNCH_FILE, TRIALS_FILE = "tood_launch.json", "tood_trials.json"
+NOT_IN_SUITE = ("base", "smoke", "demo")  # experiments/ files that --all leaves out
 
 
 @dataclass
@@ -139,16 +140,15 @@ def run_grid(grid_path: str | Path, opts: LaunchOptions | None = None) -> Launch
     return run_suite([grid_path], opts)
 
 
-def suite_grids(folder: str | Path = "experiments") -> list[Path]:
-    """The grid files of every paper study in ``folder`` (``--all``): all but base.yaml and
-    the smoke grid, in name order."""
-    from orchestration.grid import load_grid
-
-    paths = sorted(p for p in Path(folder).glob("*.yaml") if p.name != "base.yaml")
-    grids = [p for p in paths if load_grid(p).table != "smoke"]
-    if not grids:
+def suite_grids(folder: str | Path | None = None) -> list[Path]:
+    """The grid files of every paper study in ``folder`` (``--all``): all but base.yaml, the
+    smoke grid and the demo (a one-seed excerpt of Table 6), in name order."""
+    if folder is None:  # ./experiments where the user stands, else the project's own
+        folder = Path("experiments") if Path("experiments").is_dir() else Path(__file__).resolve().parents[1] / "experiments"
+    paths = sorted(p for p in Path(folder).glob("*.yaml") if p.stem not in NOT_IN_SUITE)
+    if not paths:
         raise ConfigError(f"{folder}: --all: no grid files found (expected experiments/*.yaml besides base.yaml)")
-    return grids
+    return paths
 
 
 def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -> LaunchResult:

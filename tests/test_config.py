@@ -40,7 +40,7 @@ def test_wrong_types_and_values(tmp_path):
     f = tmp_path / "bad.yaml"
     for text, pattern in [
         ("train:\n  epochs: ten\n", r"train\.epochs: got 'ten' \(expected an integer\)"),
-        ("criterion:\n  assigner: atts\n", r"criterion\.assigner: unknown value 'atts' \(expected one of: tal, atss, max_iou, center_sampling\)"),
+        ("criterion:\n  assigner: atts\n", r"criterion\.assigner: unknown value 'atts' \(expected one of: tal, atss, max_iou, center_sampling, fovea\)"),
         ("model:\n  head: 3\n", r"model\.head: got 3 \(expected a mapping"),
         ("train:\n  lr_steps: 8\n", r"train\.lr_steps: got 8 \(expected a list of int\)"),
         ("train: [1, 2\n", r"invalid YAML"),

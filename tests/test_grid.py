@@ -13,7 +13,7 @@ BASE = EXPERIMENTS / "base.yaml"
 
 
 def test_every_paper_study_has_a_grid():
-    assert {p.stem for p in GRIDS} >= {"smoke", "table1_head", "table2_assign", "topm", "table4_alpha_beta", "table6_alignment"}
+    assert {p.stem for p in GRIDS} >= {"smoke", "demo", "table1_head", "table2_assign", "table3_tood", "topm", "table4_alpha_beta", "table6_alignment"}
 
 
 def test_base_is_a_plain_config():
@@ -48,11 +48,12 @@ def _head(trials):
 def test_table1_detectors_and_heads():
     trials = expand_grid(EXPERIMENTS / "table1_head.yaml", seeds=[0])
     assert _head(trials) == [
+        ("parallel", 4, False, "anchor_free", "fovea"), ("t_head", 6, False, "anchor_free", "fovea"),
         ("parallel", 4, True, "anchor_free", "atss"), ("t_head", 6, False, "anchor_free", "atss"),
         ("parallel", 4, True, "anchor_based", "atss"), ("t_head", 6, False, "anchor_based", "atss"),
         ("parallel", 4, True, "anchor_free", "center_sampling"), ("t_head", 6, False, "anchor_free", "center_sampling"),
     ]
-    assert trials[0].paper == {"AP": 39.2, "AP50": 57.4, "AP75": 42.2}
+    assert trials[2].paper == {"AP": 39.2, "AP50": 57.4, "AP75": 42.2}
 
 
 def test_table2_rows_read_as_documented():
@@ -60,8 +61,10 @@ def test_table2_rows_read_as_documented():
     rows = {t.row_label: t.config for t in trials}
     assert [(c["criterion"]["assigner"], c["model"]["head"]["centerness"], c["criterion"]["cls_target"]) for c in rows.values()] == [
         ("max_iou", False, "auto"), ("center_sampling", False, "auto"), ("center_sampling", True, "auto"),
-        ("atss", True, "auto"), ("atss", True, "soft"), ("tal", False, "auto"), ("tal", False, "auto"),
+        ("atss", True, "auto"), ("atss", False, "soft"), ("tal", False, "auto"), ("tal", False, "auto"),
     ]
+    assert rows["ATSS + QFL"]["criterion"]["box_weight"] == "max_score"  # the GFL recipe
+    assert {c["criterion"]["box_weight"] for label, c in rows.items() if label != "ATSS + QFL"} == {"auto"}
     assert rows["TAL + TAP"]["model"]["head"]["type"] == "t_head" and rows["TAL"]["model"]["head"]["type"] == "parallel"
     assert [t.paper["AP"] for t in trials] == [36.5, 37.3, 37.4, 39.2, 39.9, 40.3, 42.5]
 
@@ -133,7 +136,7 @@ def test_factor_values_are_type_checked():
     [
         ("rows: []\n", r"bad\.yaml: rows: empty grid"),
         ("rows:\n  - label: a\n    factors: {assigner: atts}\n",
-         r"bad\.yaml: rows\[0\]\.factors\.assigner: unknown value 'atts' \(expected one of: tal, atss, max_iou, center_sampling\)"),
+         r"bad\.yaml: rows\[0\]\.factors\.assigner: unknown value 'atts' \(expected one of: tal, atss, max_iou, center_sampling, fovea\)"),
         ("rows:\n  - label: a\n  - label: b\n    factors: {hed: parallel}\n", r"bad\.yaml: rows\[1\]\.factors\.hed: unknown factor \(expected one of: detector, head"),
         ("rows:\n  - label: a\n    factors: {topk: nine}\n", r"bad\.yaml: rows\[0\]\.factors\.topk: unknown value 'nine' \(expected an integer\)"),
         ("rows:\n  - label: a\n    factors: {alpha: true}\n", r"rows\[0\]\.factors\.alpha: unknown value True \(expected a number\)"),
@@ -160,7 +163,7 @@ def test_invalid_grids_fail_naming_file_and_key(tmp_path, body, pattern):
 @pytest.mark.parametrize(
     "text,pattern",
     [
-        ("study: s\ntable: tabel9\nbase: base.yaml\nrows:\n  - label: a\n", r"bad\.yaml: table: unknown value 'tabel9' \(expected one of: table1, table2, topm, table4, table6, smoke\)"),
+        ("study: s\ntable: tabel9\nbase: base.yaml\nrows:\n  - label: a\n", r"bad\.yaml: table: unknown value 'tabel9' \(expected one of: table1, table2, table3, topm, table4, table6, smoke\)"),
         ("study: s\ntable: smoke\nrows:\n  - label: a\n", r"bad\.yaml: base: missing"),
         ("study: a/b\ntable: smoke\nbase: base.yaml\nrows:\n  - label: a\n", r"bad\.yaml: study: got 'a/b'"),
         ("study: s\ntable: smoke\nbase: nowhere.yaml\nrows:\n  - label: a\n", r"nowhere\.yaml: cannot read config file"),
