@@ -106,9 +106,16 @@ def _parents(info: dict) -> list[str]:
 
 
 def _finish(client, info: dict, errors: dict[str, str]) -> LaunchResult:
-    """Reconcile every study's runs; the counts are summed over the studies."""
-    from orchestration.tracking import reconcile
+    """Reconcile every study's runs; the counts are summed over the studies. First, the child
+    runs that read another study's trial get its result if it finished (a trial process
+    normally copies it; this covers a driver killed in between)."""
+    from orchestration.tracking import copy_result, reconcile, retry
 
+    trials_file = Path(info["path"]) / TRIALS_FILE
+    for trial in json.loads(trials_file.read_text()) if trials_file.exists() else []:
+        if trial.get("alias_run_ids") and retry(client.get_run, trial["run_id"]).info.status == "FINISHED":
+            for alias in trial["alias_run_ids"]:
+                copy_result(client, trial["run_id"], alias)
     counts: dict[str, int] = {}
     for parent in _parents(info):
         for status, n in reconcile(client, parent, errors).items():
