@@ -5,8 +5,8 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.assigners.common import build_result, clean_gts, empty_result, has_no_gt, overlap_pairs, pick_per_prior, where_true
-from tood.boxes import aligned_iou, bbox2distance, box_area, box_centers
+from tood.assigners.common import clean_gts, empty_result, has_no_gt, level_bounds, overlap_pairs, smallest_gt_result, where_true
+from tood.boxes import bbox2distance, box_centers
 from tood.priors import Priors
 
 FCOS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, 1e8))
@@ -30,12 +30,6 @@ class CenterSamplingAssigner:
     ) -> AssignResult:
         """pred_boxes ``(B, A, 4)`` xyxy px (pred_scores unused); gt_boxes ``(B, G, 4)``,
         gt_labels ``(B, G)``, gt_mask ``(B, G)``."""
-        nb, na = pred_boxes.shape[:2]
-        if len(self.scale_ranges) != len(priors.num_per_level):
-            raise ValueError(
-                f"tood/assigners/center_sampling.py: scale_ranges has {len(self.scale_ranges)} entries, "
-                f"expected one per level ({len(priors.num_per_level)})"
-            )
         if has_no_gt(gt_mask):
             return empty_result(pred_boxes, self.num_classes)
         gts = clean_gts(gt_boxes, gt_mask)  # (B, G, 4)
@@ -46,11 +40,6 @@ class CenterSamplingAssigner:
         r = priors.strides.index_select(0, p.a) * self.radius  # (N,)
         in_centre = ((pts > ctr - r[:, None]) & (pts < ctr + r[:, None])).all(-1)  # (N,)
         reach = bbox2distance(pts, box).amax(-1)  # (N,)
-        ranges = torch.tensor(self.scale_ranges, dtype=pts.dtype, device=pts.device) * self.scale_factor  # (L, 2)
-        per_prior = torch.repeat_interleave(ranges, torch.tensor(priors.num_per_level, device=pts.device), dim=0)  # (A, 2)
-        lo, hi = per_prior.index_select(0, p.a).unbind(-1)  # (N,)
+        lo, hi = level_bounds(priors, self.scale_ranges, self.scale_factor, p.a, "tood/assigners/center_sampling.py")  # (N,)
         p = p.take(where_true(in_centre & (reach >= lo) & (reach <= hi)))
-        win = pick_per_prior(p.b * na + p.a, -box_area(gts).reshape(-1)[p.seg], p.g, nb * na)  # smallest area
-        p = p.take(where_true(win))
-        scores = aligned_iou(pred_boxes.float().reshape(-1, 4)[p.b * na + p.a], gts.reshape(-1, 4)[p.seg])  # (M,)
-        return build_result(p.b, p.a, p.g, scores, gts, gt_labels, na, self.num_classes)
+        return smallest_gt_result(p, gts, gt_labels, pred_boxes, self.num_classes)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.boxes import bbox2distance
+from tood.boxes import aligned_iou, bbox2distance, box_area
 from tood.priors import Priors
 
 INSIDE_EPS = 0.01  # a prior centre must be more than this many pixels inside every side of its GT
@@ -215,3 +215,26 @@ def level_grids(priors: Priors) -> tuple[list[tuple[int, int, int]], Tensor, Ten
                 f"{float(stride)} (expected the layout of tood.priors.make_priors)"
             )
     return layout, cols, rows
+
+
+def level_bounds(priors: Priors, scale_ranges: tuple, scale_factor: float, a: Tensor, where: str) -> tuple[Tensor, Tensor]:
+    """Per-level size ranges (FCOS, FoveaBox): ``scale_ranges[level] * scale_factor`` of each
+    prior ``a`` ``(N,)`` -> lower and upper bounds ``(N,)`` each. ``where`` names the caller's
+    file when the ranges do not match the levels."""
+    if len(scale_ranges) != len(priors.num_per_level):
+        raise ValueError(f"{where}: scale_ranges has {len(scale_ranges)} entries, expected one per level ({len(priors.num_per_level)})")
+    dev = priors.points.device
+    ranges = torch.tensor(scale_ranges, dtype=priors.points.dtype, device=dev) * scale_factor  # (L, 2)
+    per_prior = torch.repeat_interleave(ranges, torch.tensor(priors.num_per_level, device=dev), dim=0)  # (A, 2)
+    lo, hi = per_prior.index_select(0, a).unbind(-1)
+    return lo, hi
+
+
+def smallest_gt_result(p: Pairs, gts: Tensor, gt_labels: Tensor, pred_boxes: Tensor, num_classes: int) -> AssignResult:
+    """The candidate pairs ``p`` with each prior given to its smallest-area GT (lower GT index on
+    ties); ``scores`` = IoU(predicted box ``(B, A, 4)``, assigned GT)."""
+    nb, na = pred_boxes.shape[:2]
+    win = pick_per_prior(p.b * na + p.a, -box_area(gts).reshape(-1)[p.seg], p.g, nb * na)
+    p = p.take(where_true(win))
+    scores = aligned_iou(pred_boxes.float().reshape(-1, 4)[p.b * na + p.a], gts.reshape(-1, 4)[p.seg])  # (M,)
+    return build_result(p.b, p.a, p.g, scores, gts, gt_labels, na, num_classes)

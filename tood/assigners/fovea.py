@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.assigners.common import build_result, clean_gts, empty_result, has_no_gt, overlap_pairs, pick_per_prior, where_true
-from tood.boxes import aligned_iou, box_area, box_centers
+from tood.assigners.common import clean_gts, empty_result, has_no_gt, level_bounds, overlap_pairs, smallest_gt_result, where_true
+from tood.boxes import box_centers
 from tood.priors import Priors
 
 # mmdet FoveaHead defaults for strides 8..128: each level's range of sqrt(w * h), overlapping by 2x
@@ -34,12 +34,6 @@ class FoveaAssigner:
     ) -> AssignResult:
         """pred_boxes ``(B, A, 4)`` xyxy px (pred_scores unused); gt_boxes ``(B, G, 4)``,
         gt_labels ``(B, G)``, gt_mask ``(B, G)``."""
-        nb, na = pred_boxes.shape[:2]
-        if len(self.scale_ranges) != len(priors.num_per_level):
-            raise ValueError(
-                f"tood/assigners/fovea.py: scale_ranges has {len(self.scale_ranges)} entries, "
-                f"expected one per level ({len(priors.num_per_level)})"
-            )
         if has_no_gt(gt_mask):
             return empty_result(pred_boxes, self.num_classes)
         gts = clean_gts(gt_boxes, gt_mask)  # (B, G, 4)
@@ -49,11 +43,6 @@ class FoveaAssigner:
         wh = box[:, 2:] - box[:, :2]  # (N, 2)
         in_fovea = ((pts - box_centers(box)).abs() <= 0.5 * self.sigma * wh).all(-1)  # (N,)
         scale = wh.prod(-1).sqrt()  # (N,)
-        ranges = torch.tensor(self.scale_ranges, dtype=pts.dtype, device=pts.device) * self.scale_factor  # (L, 2)
-        per_prior = torch.repeat_interleave(ranges, torch.tensor(priors.num_per_level, device=pts.device), dim=0)  # (A, 2)
-        lo, hi = per_prior.index_select(0, p.a).unbind(-1)  # (N,)
+        lo, hi = level_bounds(priors, self.scale_ranges, self.scale_factor, p.a, "tood/assigners/fovea.py")  # (N,)
         p = p.take(where_true(in_fovea & (scale >= lo) & (scale <= hi)))
-        win = pick_per_prior(p.b * na + p.a, -box_area(gts).reshape(-1)[p.seg], p.g, nb * na)  # smallest area
-        p = p.take(where_true(win))
-        scores = aligned_iou(pred_boxes.float().reshape(-1, 4)[p.b * na + p.a], gts.reshape(-1, 4)[p.seg])  # (M,)
-        return build_result(p.b, p.a, p.g, scores, gts, gt_labels, na, self.num_classes)
+        return smallest_gt_result(p, gts, gt_labels, pred_boxes, self.num_classes)
