@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tood.config import flatten
+from tood.eval.alignment import PCC_PROTOCOL
 
 EXPERIMENT_PREFIX = "tood-ablate/"
 ACTIVE = ("RUNNING", "SCHEDULED")
@@ -155,6 +156,7 @@ def create_launch_runs(client: MlflowClient, study: str, table: str, profile: st
     for spec in specs:
         run_id = client.create_run(exp_id, run_name=spec.name, tags=trial_tags(spec, parent, commit)).info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in mask_secrets(flatten(spec.config)).items()]
+        params.append(Param("eval.pcc_protocol", PCC_PROTOCOL))
         for i in range(0, len(params), 100):
             client.log_batch(run_id, params=params[i : i + 100])
         client.update_run(run_id, status="SCHEDULED")

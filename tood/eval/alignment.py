@@ -17,6 +17,12 @@ from torch import Tensor
 from tood.boxes import aligned_iou, box_iou
 
 
+# How PCC and top10_iou are computed, as recorded with every tracked run.
+PCC_PROTOCOL = ("per instance: predictions attributed by max IoU over the image's GTs (IoU > 0), "
+                "ranked by the NMS score of the GT's class; Pearson r of the top min(50, n), Spearman second; "
+                "top10_iou over the top min(10, n); boxes clipped to the image")
+
+
 class AlignmentSums(NamedTuple):
     """Running sums of one batch; add them up over batches.
 
