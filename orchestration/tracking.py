@@ -73,15 +73,24 @@ def retry(fn: Callable[..., T], *args: Any, budget_s: float | None = None, **kwa
 
 def ensure_experiment(client: MlflowClient, study: str) -> str:
     """Id of experiment ``tood-ablate/<study>``; created with artifacts under ``<cwd>/mlartifacts``
-    for a local (sqlite/file) store, under the server's artifact root otherwise."""
+    for a local (sqlite/file) store, under the server's artifact root otherwise. It is tagged as
+    a model-training experiment (the UI opens on its runs, not the GenAI overview) with a saved
+    view of the paper's metric columns (reports.mlflow_ui); an older experiment without the
+    kind tag gets the tags on its next launch."""
+    from reports.mlflow_ui import KIND_TAG, experiment_ui_tags
+
     name = EXPERIMENT_PREFIX + study
     exp = client.get_experiment_by_name(name)
+    ui_tags = experiment_ui_tags(int(time.time() * 1000))
     if exp is not None:
+        if KIND_TAG not in exp.tags:
+            for key, value in ui_tags.items():
+                retry(client.set_experiment_tag, exp.experiment_id, key, value)
         return exp.experiment_id
     local = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
     location = (Path("mlartifacts").resolve() / "tood-ablate" / study).as_uri() if local else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=ui_tags)
     except MlflowException:  # created meanwhile by another launch
         exp = client.get_experiment_by_name(name)
         if exp is None:

@@ -26,7 +26,10 @@ EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
 FACTOR_TAG, PAPER_TAG = "tood.factor.", "tood.paper."
 # Trial columns that are not metrics (nor factor.* / paper.* columns).
 BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
-                "start_time")
+                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial")
+# Tags read into the columns of the same name ('' when absent: stores older than the tag).
+TAG_COLUMNS = {"attempts": "tood.attempts", "reused_from": "tood.reused_from", "trial_key": "tood.trial_key",
+               "cpus_per_trial": "tood.cpus_per_trial", "gpus_per_trial": "tood.gpus_per_trial"}
 
 
 class NoRunsError(LookupError):
@@ -133,6 +136,7 @@ def _trial_record(run: Run) -> dict:
         "seed": int(tags["tood.seed"]) if "tood.seed" in tags else -1,
         "error": tags.get("tood.error", ""), "git_commit": tags.get("tood.git_commit", ""),
         "start_time": info.start_time,
+        **{column: tags.get(tag, "") for column, tag in TAG_COLUMNS.items()},
     }
     for key, value in tags.items():
         if key.startswith(FACTOR_TAG):

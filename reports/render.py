@@ -1,5 +1,7 @@
-"""`tood-ablate report`: a study's tables (md/tex/html), plots (PNG) and one self-contained
-HTML report, also logged under ``report/`` as artifacts of the study's parent run.
+"""`tood-ablate report`: a study's tables (md/tex/html; reports.document says which), a CSV of
+its aggregated rows, plots (PNG) and one self-contained HTML report, also logged under
+``report/`` as artifacts of the study's parent run. With --all, one report of every study
+that opens with the claims and compute of all of them.
 
     tood-ablate report table6_alignment --out reports_out
     tood-ablate report --all --tracking-uri sqlite:////abs/path/mlruns.db
@@ -24,8 +26,10 @@ from mlflow.tracking import MlflowClient
 from reports import plots
 from reports.collect import (NoRunsError, StudyData, collect_study, default_tracking_uri, list_studies,
                              metric_histories, open_client)
+from reports.document import StudyReport, build_study_report, rows_frame, summary_tables
 from reports.formats import to_html, to_latex, to_markdown
-from reports.tables import RowSummary, Table, build_table, summarize
+from reports.mlflow_ui import view_url
+from reports.tables import RowSummary, Table
 
 FORMATS = {"md": to_markdown, "tex": to_latex, "html": to_html}
 FIGURE_CAPTIONS = {
@@ -46,6 +50,7 @@ th,td{padding:.3em .45em;border-bottom:1px solid #e1e5ee;white-space:nowrap;text
 thead th{background:#2f3b52;color:#fff;font-weight:600;text-align:center;white-space:normal;min-width:3.5em}
 tbody th{text-align:left;font-weight:600}tbody tr:nth-child(even){background:#f7f9fc}
 td.gap{color:#b42318;font-style:italic;background:#fdecea}td.disagree{background:#fff4d6}
+td.agrees{background:#e3f4e8}td.disagrees{background:#fdecea;font-weight:600}td.inconclusive{color:#6b7280}
 figure.tood-table{margin:1em 0}ul.notes{font-size:.82em;color:#4a5568;margin-top:.2em}
 figure.plot{margin:1.2em 0}figure.plot img{max-width:100%;border:1px solid #e1e5ee}
 figure.plot figcaption{font-size:.85em;color:#4a5568}.skipped{color:#b42318}
@@ -100,8 +105,10 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
     running = int(counts.get("RUNNING", 0)) + int(counts.get("SCHEDULED", 0))
     run_link = html.escape(data.parent_id)
     if data.tracking_uri.startswith(("http://", "https://")):
-        url = f"{data.tracking_uri.rstrip('/')}/#/experiments/{data.experiment_id}/runs/{data.parent_id}"
-        run_link = f'<a href="{html.escape(url)}">{run_link}</a>'
+        base = f"{data.tracking_uri.rstrip('/')}/#/experiments/{data.experiment_id}"
+        view = html.escape(view_url(data.tracking_uri, data.experiment_id))
+        run_link = (f'<a href="{html.escape(base)}/runs/{html.escape(data.parent_id)}">{run_link}</a> '
+                    f'(<a href="{view}">runs with AP, AP50, AP75, PCC</a>)')
     commits = sorted({c for c in trials.get("git_commit", []) if c})
     commit_text = f", commit {', '.join(commits)}" if commits else ""
     e = html.escape
@@ -119,7 +126,7 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
     ]
 
 
-def _section(data: StudyData, table: Table, pngs: dict[str, Path], generated: str) -> str:
+def _section(data: StudyData, tables: list[Table], pngs: dict[str, Path], generated: str) -> str:
     meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _meta(data, generated))
     images = "".join(
         f'<figure class="plot"><img alt="{name}" src="data:image/png;base64,'
@@ -127,30 +134,39 @@ def _section(data: StudyData, table: Table, pngs: dict[str, Path], generated: st
         f"<figcaption>{html.escape(FIGURE_CAPTIONS[name])}</figcaption></figure>"
         for name, path in pngs.items())
     return (f'<section id="study-{html.escape(data.study)}">\n<h2>{html.escape(data.study)}</h2>\n'
-            f'<dl class="meta">{meta}</dl>\n{to_html(table)}{images}\n</section>\n')
+            f'<dl class="meta">{meta}</dl>\n{"".join(to_html(t) for t in tables)}{images}\n</section>\n')
+
+
+def write_tables(tables: list[Table], folder: Path, formats: tuple[str, ...]) -> list[Path]:
+    """``folder/<table.key>.<fmt>`` for every table and format (html: a complete page)."""
+    paths = []
+    for table in tables:
+        for fmt in formats:
+            path = folder / f"{table.key}.{fmt}"
+            text = FORMATS[fmt](table)
+            path.write_text(html_page(table.caption, text) if fmt == "html" else text, encoding="utf-8")
+            paths.append(path)
+    return paths
 
 
 def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: tuple[str, ...],
-                 generated: str) -> tuple[str, ReportPaths]:
-    """Write ``out_dir/<study>/``: table files, PNGs and report.html; log them to the parent run.
-
-    Returns the study's HTML section (for a combined report) and what was written.
+                 generated: str) -> tuple[StudyReport, str, ReportPaths]:
+    """Write ``out_dir/<study>/``: table files, rows.csv, PNGs and report.html; log them to the
+    parent run. Returns the study's report, its HTML section (for a combined report) and what
+    was written.
     """
     study_dir = out_dir / data.study
     study_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarize(data)
-    table = build_table(data.table, rows, data.study)
+    report = build_study_report(client, data)
     paths = ReportPaths(html=study_dir / "report.html")
-    for fmt in formats:
-        path = study_dir / f"{table.key}.{fmt}"
-        text = FORMATS[fmt](table)
-        path.write_text(html_page(table.caption, text) if fmt == "html" else text, encoding="utf-8")
-        paths.tables.append(path)
+    paths.tables += write_tables(report.tables, study_dir, formats)
+    rows_frame(report.rows).to_csv(study_dir / "rows.csv", index=False)
+    paths.tables.append(study_dir / "rows.csv")
     histories = metric_histories(client, data.trials[data.trials["status"] == "FINISHED"])
     pngs = {name: plots.save_figure(fig, study_dir / f"{name}.png")
-            for name, fig in study_figures(data, rows, histories).items()}
+            for name, fig in study_figures(data, report.rows, histories).items()}
     paths.plots.extend(pngs.values())
-    section = _section(data, table, pngs, generated)
+    section = _section(data, report.tables, pngs, generated)
     paths.html.write_text(html_page(f"TOOD ablation report: {data.study}",
                                     f"<h1>TOOD ablation report: {html.escape(data.study)}</h1>\n{section}"),
                           encoding="utf-8")
@@ -160,7 +176,7 @@ def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: 
     except (MlflowException, OSError) as exc:
         print(f"tood-ablate report: warning: could not log {study_dir} to run {data.parent_id}: {exc}",
               file=sys.stderr)
-    return section, paths
+    return report, section, paths
 
 
 def render_report(study: str | None, tracking_uri: str | None = None, out_dir: str | Path = "reports_out",
@@ -177,26 +193,30 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
     out_dir = Path(out_dir)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     if study is not None or parent != "latest":
-        return render_study(client, collect_study(client, study, parent), out_dir, formats, generated)[1]
+        return render_study(client, collect_study(client, study, parent), out_dir, formats, generated)[2]
     names = list_studies(client)
     if not names:
         raise NoRunsError(f"no studies (experiments named tood-ablate/*) at tracking URI {client.tracking_uri}")
-    combined, sections, skipped = ReportPaths(html=out_dir / "report.html"), [], []
+    combined, sections, skipped, reports = ReportPaths(html=out_dir / "report.html"), [], [], []
     for name in names:
         try:
             data = collect_study(client, name, "latest")
         except NoRunsError as exc:
             skipped.append(f'<p class="skipped">{html.escape(name)}: skipped: {html.escape(str(exc))}</p>')
             continue
-        section, paths = render_study(client, data, out_dir, formats, generated)
+        report, section, paths = render_study(client, data, out_dir, formats, generated)
+        reports.append(report)
         sections.append(section)
         combined.tables += paths.tables
         combined.plots += paths.plots
         combined.logged_to += paths.logged_to
     if not sections:
         raise NoRunsError(f"no study at tracking URI {client.tracking_uri} has runs to report")
+    summary = summary_tables(reports)
+    combined.tables += write_tables(summary, out_dir, formats)
     combined.html.write_text(html_page("TOOD ablation report", "<h1>TOOD ablation report: all studies</h1>\n"
-                                       + "".join(skipped + sections)), encoding="utf-8")
+                                       + '<section id="summary">' + "".join(to_html(t) for t in summary)
+                                       + "</section>\n" + "".join(skipped + sections)), encoding="utf-8")
     return combined
 
 

@@ -1,10 +1,10 @@
 """Paper-style tables of a study: seeds aggregated, our numbers beside the paper's.
 
-Each layout compares rows the way the paper does (Table 1: T-head minus parallel head per
-detector; Table 2: each assignment minus ATSS; top-m: each m minus m = 13; Table 4: each
-(alpha, beta) minus (1.0, 6); Table 6: each row minus "parallel head + ATSS") and marks with
-DISAGREE an ordering of a compared pair that differs from the paper's. A grid row without a
-finished trial keeps its place, its cells saying "failed" / "running" / "missing".
+Each layout shows the paper's columns only (AP / AP50 / AP75; Table 6: AP, PCC, top-10 IoU and
+the three detection counts), compares rows the way the paper does (the pairs of
+reports.pairs) and marks with DISAGREE an ordering of a compared pair that differs from the
+paper's. Every other metric goes to ``all_metrics``. A grid row without a finished trial
+keeps its place, its cells saying "failed" / "running" / "missing".
 """
 
 from __future__ import annotations
@@ -12,14 +12,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from reports.collect import EPOCH_METRICS, FINAL_METRICS, StudyData, metric_columns, rows_from_trials
-from reports.cells import (NO_VALUE, factor, find_row, fmt_delta, fmt_value, head_kind, metric_label,
-                           metric_value, strip_head, top_m)
+from reports.cells import NO_VALUE, fmt_delta, fmt_value, head_kind, metric_label, metric_value, top_m
+from reports.collect import FINAL_METRICS, StudyData, metric_columns, rows_from_trials
+from reports.pairs import REFERENCE_NAMES, detector_name, reference
 
 DISAGREE = "†"
 GAP_WORDS = ("failed", "running", "missing")
 AP_METRICS = ("AP", "AP50", "AP75")
 TABLE6_METRICS = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
+PAPER_COLUMNS = {"table1": AP_METRICS, "table2": AP_METRICS, "table3": AP_METRICS, "topm": ("AP",),
+                 "table4": AP_METRICS, "table6": TABLE6_METRICS}
+# Neither a paper column nor a result: the epoch counter, the resume marker, the compute table's.
+NOT_REPORTED = ("epoch", "already_finished", "attempt_wall_s")
 
 
 @dataclass
@@ -44,7 +48,8 @@ class Table:
 
 @dataclass
 class RowSummary:
-    """One grid row over its seeds: mean and sample std (ddof=1, NaN when n = 1) per metric."""
+    """One grid row over its seeds: mean, sample std (ddof=1, NaN when n = 1) and the number of
+    finished seeds with a value (``count``) per metric."""
 
     index: int
     label: str
@@ -56,6 +61,7 @@ class RowSummary:
     mean: dict[str, float]
     std: dict[str, float]
     errors: list[str]
+    count: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -81,12 +87,14 @@ def summarize(data: StudyData) -> list[RowSummary]:
             index=row.index, label=row.label, factors=row.factors, paper=row.paper, n=len(done),
             n_failed=len(failed), n_running=int(own["status"].isin(["RUNNING", "SCHEDULED"]).sum()),
             mean=values.mean().to_dict(), std=values.std(ddof=1).to_dict(),
-            errors=[f"seed {s}: {e or 'no tood.error tag'}" for s, e in zip(failed["seed"], failed["error"])]))
+            errors=[f"seed {s}: {e or 'no tood.error tag'}" for s, e in zip(failed["seed"], failed["error"])],
+            count={m: int(c) for m, c in values.count().items()}))
     return summaries
 
 
 def fmt_mean_std(row: RowSummary | None, metric: str) -> str:
-    """'40.3 ± 0.2'; '40.3 ± -' for one seed; the gap word for a row without a finished trial."""
+    """'40.3 ± 0.2 (3)' (n: seeds with a value); '40.3' for one seed; the gap word for a row
+    without a finished trial."""
     if row is None:
         return NO_VALUE
     if row.status != "ok":
@@ -94,7 +102,10 @@ def fmt_mean_std(row: RowSummary | None, metric: str) -> str:
     mean, std = metric_value(row.mean, metric), metric_value(row.std, metric)
     if math.isnan(mean):
         return NO_VALUE
-    return f"{fmt_value(mean, metric)} ± {NO_VALUE if math.isnan(std) else fmt_value(std, metric)}"
+    n = row.count.get(metric, row.n)
+    if n <= 1 or math.isnan(std):
+        return fmt_value(mean, metric)
+    return f"{fmt_value(mean, metric)} ± {fmt_value(std, metric)} ({n})"
 
 
 def disagrees(row: RowSummary, ref: RowSummary, metric: str) -> bool:
@@ -139,8 +150,8 @@ def _n_cell(row: RowSummary | None) -> str:
 
 
 def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None) -> list[str]:
-    notes = ["Ours: mean ± sample std (ddof=1) over the n finished seeds ('-' when n = 1); "
-             "(paper): the paper's number; '-': no value."]
+    notes = ["Ours: mean ± sample std (ddof=1) (n finished seeds with a value); a single value when "
+             "n = 1; (paper): the paper's number; '-': no value."]
     if any(DISAGREE in cell for r in table_rows for cell in r):
         notes.append(f"{DISAGREE}: our ordering against {ref_text} disagrees with the paper's "
                      "(the two differences have different signs).")
@@ -173,8 +184,7 @@ def table1(rows: list[RowSummary]) -> Table:
     """Detectors as rows, {parallel, T-head} x {AP, AP50, AP75} as columns, T-head minus parallel."""
     detectors: dict[str, dict[str, RowSummary]] = {}
     for row in rows:
-        name = factor(row.factors, "detector") or strip_head(row.label)
-        detectors.setdefault(name, {})[head_kind(row)] = row
+        detectors.setdefault(detector_name(row), {})[head_kind(row)] = row
     header = ["Detector", "n (parallel)", "n (T-head)"]
     for head in ("parallel", "T-head"):
         header += [h for m in AP_METRICS for h in (f"{head} {m}", f"{head} {m} (paper)")]
@@ -195,7 +205,7 @@ def table1(rows: list[RowSummary]) -> Table:
 def topm(rows: list[RowSummary]) -> Table:
     """Top-m of TAL: one column per m (ascending), AP ours/paper and minus m = 13."""
     rows = sorted(rows, key=lambda r: (math.isnan(top_m(r)), top_m(r)))
-    ref = next((r for r in rows if top_m(r) == 13), None)
+    ref = reference("topm", rows)
     names = [r.label if math.isnan(top_m(r)) else f"m={top_m(r):g}" for r in rows]
     metric_rows = [_metric_cells(r, "AP", ref) for r in rows]
     delta_rows = [_delta_cells(r, ref, "AP") for r in rows]
@@ -212,31 +222,36 @@ def topm(rows: list[RowSummary]) -> Table:
                  ["top-m"] + names, body, notes)
 
 
+def main_metrics(table: str, rows: list[RowSummary]) -> tuple[str, ...]:
+    """The paper's columns of layout ``table``; for another layout (smoke) AP / AP50 / AP75 and
+    every metric a row has a paper number for."""
+    if table in PAPER_COLUMNS:
+        return PAPER_COLUMNS[table]
+    with_paper = {m for r in rows for m in r.paper}
+    return tuple(m for m in FINAL_METRICS if m in AP_METRICS or m in with_paper)
+
+
 def build_table(table: str, rows: list[RowSummary], study: str = "") -> Table:
     """The layout named by the parent's tood.table tag; unknown names get the generic layout."""
     if table == "table1":
         return table1(rows)
     if table == "topm":
         return topm(rows)
-    if table == "table2":
-        ref = find_row(rows, "ATSS", assigner="atss")
-        return compare_table("table2", "Table 2: sample assignment (AP / AP50 / AP75)", "Assignment",
-                             rows, AP_METRICS, ref, "ATSS")
-    if table == "table4":
-        ref = find_row(rows, "(1.0, 6)", alpha=1.0, beta=6.0)
-        return compare_table("table4", "Table 4: alpha and beta of the task-alignment metric",
-                             "(α, β)", rows, AP_METRICS, ref, "(1.0, 6)")
-    if table == "table6":
-        ref = find_row(rows, "parallel head + ATSS", head="parallel", assigner="atss")
-        return compare_table("table6", "Table 6: alignment of the two tasks", "Method",
-                             rows, TABLE6_METRICS, ref, "parallel head + ATSS")
+    captions = {"table2": ("Table 2: sample assignment (AP / AP50 / AP75)", "Assignment"),
+                "table3": ("Table 3: TOOD against ATSS, anchor-free and anchor-based (AP / AP50 / AP75)",
+                           "Method"),
+                "table4": ("Table 4: alpha and beta of the task-alignment metric", "(α, β)"),
+                "table6": ("Table 6: alignment of the two tasks", "Method")}
+    if table in captions:
+        caption, first = captions[table]
+        return compare_table(table, caption, first, rows, PAPER_COLUMNS[table], reference(table, rows),
+                             REFERENCE_NAMES.get(table, ""))
     return generic(rows, table, study)
 
 
 def generic(rows: list[RowSummary], table: str, study: str) -> Table:
-    """Rows by label with every final metric any row has (per-epoch metrics go to the curves)."""
-    present = {m for r in rows for m, v in r.mean.items() if not math.isnan(v)} - set(EPOCH_METRICS)
-    metrics = tuple(m for m in FINAL_METRICS if m in present) + tuple(sorted(present - set(FINAL_METRICS)))
+    """Rows by label with the columns of :func:`main_metrics`, ours beside the paper's."""
+    metrics = main_metrics(table, rows)
     with_paper = {m for r in rows for m in r.paper}
     header = ["Row", "n"] + [h for m in metrics for h in
                              ((metric_label(m), f"{metric_label(m)} (paper)")
@@ -244,5 +259,19 @@ def generic(rows: list[RowSummary], table: str, study: str) -> Table:
     body = [[r.label, _n_cell(r)] + [c for m in metrics
                                      for c in _metric_cells(r, m, None)[: 2 if m in with_paper else 1]]
             for r in rows]
-    return Table(table or "generic", f"{study or table}: all final metrics", header, body,
+    return Table(table or "generic", f"{study or table}: {', '.join(metrics)}", header, body,
                  _notes(rows, body, None))
+
+
+def all_metrics(rows: list[RowSummary], table: str, study: str) -> Table:
+    """Every metric that is not a column of the paper table (losses and lr at their last epoch,
+    times, instance counts, PCC_spearman, PCC_image, pcc_n_mean, APs/m/l, ...), one row per grid
+    row; the compute table has the attempts' wall time."""
+    shown = set(main_metrics(table, rows)) | set(NOT_REPORTED)
+    present = {m for r in rows for m, v in r.mean.items() if not math.isnan(v)} - shown
+    metrics = [m for m in FINAL_METRICS if m in present] + sorted(present - set(FINAL_METRICS))
+    header = ["Row", "n"] + [metric_label(m) for m in metrics]
+    body = [[r.label, _n_cell(r)] + [fmt_mean_std(r, m) for m in metrics] for r in rows]
+    notes = _notes(rows, body, None)[:1] + ["Losses, lr and epoch_AP: the value of the last epoch; "
+                                            "epoch_time_s: seconds of the last epoch."]
+    return Table(f"{table or 'generic'}_all_metrics", f"{study or table}: all other metrics", header, body, notes)

@@ -23,7 +23,8 @@ from reports import plots  # noqa: E402
 from reports.collect import collect_study, metric_histories, open_client, parse_grid_rows  # noqa: E402
 from reports.formats import latex_escape, to_latex, to_markdown  # noqa: E402
 from reports.render import main, render_report  # noqa: E402
-from reports.tables import RowSummary, build_table, summarize  # noqa: E402
+from reports.document import build_study_report  # noqa: E402
+from reports.tables import RowSummary, all_metrics, build_table, summarize  # noqa: E402
 
 T6 = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
 # Table 6 of the paper, per row (label, head, assigner, paper numbers).
@@ -170,14 +171,15 @@ def test_table6_cells(store):
     assert t.rows[0][0] == ref and [r[0] for r in t.rows] == [r[0] for r in T6_ROWS]
     # mean ± sample std: AP (20, 21, 22) -> 21.0 ± 1.0; (23, 24) -> 23.5 ± 0.707
     assert [t.cell(ref, c) for c in ("n", "AP", "PCC top-50", "IoU top-10", "#correct", "#redundant", "#error")] == \
-        ["3", "21.0 ± 1.0", "0.320 ± 0.020", "0.520 ± 0.020", "1,100 ± 100", "520 ± 20", "3,000 ± 0"]
+        ["3", "21.0 ± 1.0 (3)", "0.320 ± 0.020 (3)", "0.520 ± 0.020 (3)", "1,100 ± 100 (3)", "520 ± 20 (3)",
+         "3,000 ± 0 (3)"]
     assert [t.cell(th, c) for c in ("n", "AP", "PCC top-50", "#correct", "#error")] == \
-        ["2 (1 failed)", "23.5 ± 0.7", "0.360 ± 0.014", "1,200 ± 71", "2,550 ± 71"]
+        ["2 (1 failed)", "23.5 ± 0.7 (2)", "0.360 ± 0.014 (2)", "1,200 ± 71 (2)", "2,550 ± 71 (2)"]
     paper_columns = ("AP (paper)", "PCC top-50 (paper)", "#correct (paper)")
     assert [t.cell(th, c) for c in paper_columns] == ["41.1", "0.440", "30,601"]
-    # one seed: std '-'; AP 20.5 < 21.0 while the paper has 40.3 > 39.2 -> marked; IoU too, PCC agrees
-    assert t.cell(ptal, "AP") == "20.5 ± - †" and t.cell(ptal, "IoU top-10") == "0.510 ± - †"
-    assert t.cell(ptal, "PCC top-50") == "0.330 ± -" and t.cell(ptal, "#error") == "2,900 ± -"
+    # one seed: the value alone; AP 20.5 < 21.0 while the paper has 40.3 > 39.2 -> marked; IoU too, PCC agrees
+    assert t.cell(ptal, "AP") == "20.5 †" and t.cell(ptal, "IoU top-10") == "0.510 †"
+    assert t.cell(ptal, "PCC top-50") == "0.330" and t.cell(ptal, "#error") == "2,900"
     assert [t.cell(ptal, "ΔAP"), t.cell(ptal, "ΔAP (paper)")] == ["-0.5", "+1.1"]
     assert [t.cell(th, "ΔAP"), t.cell(th, "ΔAP (paper)")] == ["+2.5", "+1.9"]
     assert [t.cell(ref, "ΔAP"), t.cell(ref, "ΔAP (paper)")] == ["ref", "ref"]
@@ -196,8 +198,8 @@ def test_table2_cells_without_grid_artifact(store):
     t = build_table(data.table, summarize(data), data.study)
     assert [r[0] for r in t.rows] == ["IoU-based", "ATSS", "TAL", "center sampling"]
     assert [t.cell("IoU-based", c) for c in ("AP", "AP50", "AP75", "AP75 (paper)")] == \
-        ["15.5 ± 0.7", "30.5 ± 0.7", "19.0 ± 0.0 †", "38.7"]
-    assert [t.cell("ATSS", c) for c in ("AP", "AP50", "AP75")] == ["18.1 ± 0.1", "33.0 ± 0.0", "17.2 ± 0.3"]
+        ["15.5 ± 0.7 (2)", "30.5 ± 0.7 (2)", "19.0 ± 0.0 (2) †", "38.7"]
+    assert [t.cell("ATSS", c) for c in ("AP", "AP50", "AP75")] == ["18.1 ± 0.1 (2)", "33.0 ± 0.0 (2)", "17.2 ± 0.3 (2)"]
     assert [t.cell("IoU-based", "ΔAP"), t.cell("IoU-based", "ΔAP (paper)")] == ["-2.6", "-2.7"]
     assert [t.cell("TAL", c) for c in ("n", "AP", "AP (paper)", "ΔAP", "ΔAP (paper)")] == \
         ["0 (1 failed)", "failed", "40.3", "failed", "+1.1"]
@@ -207,10 +209,13 @@ def test_table2_cells_without_grid_artifact(store):
 def test_generic_layout_for_smoke(store):
     data = collect_study(open_client(store.uri), "smoke")
     t = build_table(data.table, summarize(data), data.study)
-    # final metrics only (loss_total / epoch_AP are curves), no paper columns (none recorded)
-    assert t.header == ["Row", "n", "AP", "AP50", "PCC top-50"]
-    assert t.rows == [["tiny t_head", "1", "5.0 ± -", "10.0 ± -", "0.123 ± -"],
-                      ["tiny parallel", "0", "missing", "missing", "missing"]]
+    # AP / AP50 / AP75 (no paper numbers recorded, so no others, no paper columns); one seed: the value
+    assert t.header == ["Row", "n", "AP", "AP50", "AP75"]
+    assert t.rows == [["tiny t_head", "1", "5.0", "10.0", "-"], ["tiny parallel", "0", "missing", "missing", "missing"]]
+    # everything else in the all-metrics table: PCC, and the last epoch's loss_total (1/4) and epoch_AP (5.0)
+    rest = all_metrics(summarize(data), data.table, data.study)
+    assert rest.header == ["Row", "n", "PCC top-50", "epoch_AP", "loss_total"]
+    assert rest.rows[0] == ["tiny t_head", "1", "0.123", "5.0", "0.250"]
 
 
 def _summary(label, factors, paper, seeds):
@@ -231,7 +236,7 @@ def test_table1_pivot():
     assert [r[0] for r in t.rows] == ["FCOS", "ATSS anchor-free"]
     assert [t.cell("FCOS", c) for c in ("n (parallel)", "parallel AP", "parallel AP50", "parallel AP50 (paper)",
                                         "T-head AP", "T-head AP50", "T-head AP75", "T-head AP (paper)")] == \
-        ["2", "30.5 ± 0.7", "51.0 ± 1.4", "57.2", "29.0 ± - †", "53.0 ± -", "33.0 ± -", "40.5"]
+        ["2", "30.5 ± 0.7 (2)", "51.0 ± 1.4 (2)", "57.2", "29.0 †", "53.0", "33.0", "40.5"]
     assert [t.cell("FCOS", "ΔAP"), t.cell("FCOS", "ΔAP (paper)")] == ["-1.5", "+1.9"]
     assert [t.cell("ATSS anchor-free", c) for c in ("parallel AP", "n (T-head)", "T-head AP", "T-head AP (paper)",
                                                     "ΔAP")] == ["-", "0", "missing", "41.1", "-"]
@@ -243,14 +248,14 @@ def test_table4_and_topm_layouts():
         (1.0, 6, (42.5, 59.8, 46.4), [(31.0, 49.0, 34.0), (31.4, 49.0, 34.0)])]]
     t4 = build_table("table4", rows4)
     # AP: ours +0.3 vs the paper's -0.1 -> marked; AP50 (+1.0 vs +0.2) agrees
-    assert t4.cell("(0.5, 2)", "AP") == "31.5 ± 0.7 †" and t4.cell("(0.5, 2)", "AP50") == "50.0 ± 0.0"
+    assert t4.cell("(0.5, 2)", "AP") == "31.5 ± 0.7 (2) †" and t4.cell("(0.5, 2)", "AP50") == "50.0 ± 0.0 (2)"
     assert [t4.cell("(0.5, 2)", "ΔAP"), t4.cell("(0.5, 2)", "ΔAP (paper)")] == ["+0.3", "-0.1"]
     rows_m = [_summary(f"m={m}", {"criterion.topk": str(m)}, p, s) for m, p, s in [
         (13, (42.5,), [(30.0,), (31.0,), (32.0,)]), (5, (42.0,), [(31.0,)]), (9, (), [])]]
     tm = build_table("topm", rows_m)
     assert tm.header == ["top-m", "m=5", "m=9", "m=13"]
     # m=5 ties m=13 where the paper has it 0.5 lower: a tie does not reproduce the ordering
-    assert tm.rows[1] == ["AP", "31.0 ± - †", "missing", "31.0 ± 1.0"]
+    assert tm.rows[1] == ["AP", "31.0 †", "missing", "31.0 ± 1.0 (3)"]
     assert tm.rows[2] == ["AP (paper)", "42.0", "-", "42.5"]
     assert tm.rows[3] == ["ΔAP", "+0.0", "missing", "ref"]
     assert tm.rows[4] == ["ΔAP (paper)", "-0.5", "-", "ref"]
@@ -288,13 +293,20 @@ def test_latex_and_markdown_well_formed(store, tmp_path):
     table = build_table(data.table, summarize(data), data.study)
     tex = to_latex(table)
     _latex_balanced(tex)
-    assert all(k in tex for k in (r"\toprule", r"\midrule", r"\bottomrule", r"20.5 $\pm$ - $^\dagger$", r"\#correct"))
+    assert all(k in tex for k in (r"\toprule", r"\midrule", r"\bottomrule", r"21.0 $\pm$ 1.0 (3)", r"20.5 $^\dagger$", r"\#correct"))
     assert len(re.findall(r"(?<!\\)&", tex.split(r"\midrule")[1].splitlines()[1])) == len(table.header) - 1
     md = to_markdown(table).splitlines()
     assert {line.count("|") for line in md if line.startswith("|")} == {len(table.header) + 1}
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
-    doc = "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + tex + "\\end{document}\n"
+    # every table of the report (claims, paper table, comparisons, all metrics, compute) in one document
+    tables = build_study_report(open_client(store.uri), data).tables
+    assert [t.key for t in tables] == ["table6_claims", "table6", "table6_comparisons", "table6_all_metrics",
+                                       "table6_compute"]
+    body = "".join(to_latex(t) for t in tables)
+    for t in tables:
+        _latex_balanced(to_latex(t))
+    doc = "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + body + "\\end{document}\n"
     (tmp_path / "t.tex").write_text(doc)
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
@@ -327,9 +339,13 @@ def test_report_logged_to_parent_run(store, tmp_path):
     client = open_client(store.uri)
     logged = {a.path for a in client.list_artifacts(store.parents["table6"], "report")}
     assert {"report/report.html", "report/table6.md", "report/table6.tex", "report/table6.html",
-            "report/pcc_vs_ap.png", "report/training_curves.png"} <= logged
+            "report/table6_claims.md", "report/table6_comparisons.tex", "report/table6_all_metrics.html",
+            "report/table6_compute.md", "report/rows.csv", "report/pcc_vs_ap.png",
+            "report/training_curves.png"} <= logged
     html = paths.html.read_text()
-    assert "0.330 ± -" in html and 'class="gap">missing' in html and "data:image/png;base64," in html
+    assert "21.0 ± 1.0 (3)" in html and 'class="gap">missing' in html and "data:image/png;base64," in html
+    # the claims open the report, before the paper table
+    assert html.index("claims, our verdicts") < html.index("Table 6: alignment of the two tasks")
     assert "6 finished, 1 failed, 0 running, of 12 planned" in html and "profile proxy" in html
 
 
@@ -350,6 +366,11 @@ def test_cli_all_studies(store, tmp_path, capsys):
     assert printed == str(tmp_path / "report.html")
     html = Path(printed).read_text()
     assert "table2_assignment" in html and "table6_alignment" in html and "empty: skipped" in html
-    assert sorted(p.name for p in tmp_path.glob("*/*.md")) == ["smoke.md", "table2.md", "table6.md"]
+    kinds = ("", "_all_metrics", "_claims", "_comparisons", "_compute")
+    assert sorted(p.name for p in tmp_path.glob("*/*.md")) == sorted(f"{k}{s}.md" for k in ("smoke", "table2", "table6")
+                                                                      for s in kinds)
+    assert sorted(p.name for p in tmp_path.glob("*.md")) == ["summary_claims.md", "summary_compute.md"]
+    # the summary of all studies comes first
+    assert html.index("All studies: the paper") < html.index('id="study-smoke"')
     with pytest.raises(SystemExit):
         main(["table2_assignment", "--all"])
