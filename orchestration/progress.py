@@ -55,10 +55,11 @@ def counts(lines: list[TrialLine]) -> str:
     return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
 
 
-def suite_line(trials: list) -> str:
+def suite_line(trials: list, slots: int = 1) -> str:
     """'suite: 12/69 trials done, 2 running, ETA 41 min': the ETA spreads the estimated cost
     still to run (``trial['cost']``, running trials counted by the share of epochs left) at
-    the seconds per cost unit measured on the finished trials over the running slots."""
+    the seconds per cost unit measured on the finished trials over ``slots`` (the most trials
+    seen running at once; at the instant a trial ends fewer are running)."""
     from orchestration.suite import eta_seconds
 
     done, remaining, running = [], 0.0, 0
@@ -75,7 +76,7 @@ def suite_line(trials: list) -> str:
         epochs = spec.get("config", {}).get("train", {}).get("epochs") or 1
         remaining += cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
     n_done = sum(t.status == "TERMINATED" for t in trials)
-    eta = eta_seconds(done, remaining, max(running, 1))
+    eta = eta_seconds(done, remaining, max(running, slots, 1))
     return (f"suite: {n_done}/{len(trials)} trials done, {running} running, "
             + ("ETA -" if eta is None else f"ETA {eta / 60:.0f} min"))
 
@@ -89,6 +90,7 @@ class ProgressTable(Callback):
         self._seen: dict[str, TrialLine] = {}
         self._mode = "off"
         self._suite = ""
+        self._slots = 1
 
     def __getstate__(self) -> dict:
         return {"title": self.title}
@@ -135,7 +137,8 @@ class ProgressTable(Callback):
         changed = [l for l in lines if self._seen.get(l.name) != l]
         if not changed:
             return
-        self._suite = suite_line(trials)
+        self._slots = max(self._slots, sum(t.status == "RUNNING" for t in trials))
+        self._suite = suite_line(trials, self._slots)
         self._seen.update({l.name: l for l in changed})
         if self._live is not None:
             self._live.update(self._table(lines))
