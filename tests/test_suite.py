@@ -193,3 +193,23 @@ def test_suite_resumes_after_the_driver_is_killed(launch, monkeypatch):
         assert steps == [1, 2], run.info.run_name  # every epoch logged once: nothing trained twice
     first = {r.info.run_id for r in done}
     assert all(runs_a[r.info.run_name].info.end_time == r.info.end_time for r in done if r.info.run_id in first)
+
+
+def test_suite_progress_line_by_hand():
+    from types import SimpleNamespace
+
+    from orchestration.progress import suite_line
+
+    def trial(status, cost, epoch=None, seconds=None, reused=False):
+        result = {"epoch": epoch} if epoch is not None else {}
+        if seconds is not None:
+            result["time_total_s"] = seconds
+        if reused:
+            result["already_finished"] = 1.0
+        return SimpleNamespace(status=status, last_result=result, config={"trial": {"cost": cost, "config": {"train": {"epochs": 4}}}})
+
+    trials = [trial("TERMINATED", 10.0, 4, 100.0), trial("TERMINATED", 30.0, 4, 300.0), trial("TERMINATED", 50.0, 4, 9.0, reused=True),
+              trial("RUNNING", 20.0, 1), trial("PENDING", 40.0), trial("ERROR", 99.0)]
+    # 10 s a unit (the resumed trial's time says nothing); left: 20 * 3/4 + 40 = 55 units over 2 slots
+    assert suite_line(trials, slots=2) == "suite: 3/6 trials done, 1 running, ETA 5 min"
+    assert suite_line(trials[3:], slots=2) == "suite: 0/3 trials done, 1 running, ETA -"
