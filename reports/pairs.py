@@ -83,7 +83,7 @@ def pairs(table: str, rows: list[R]) -> list[Pair[R]]:
         groups: dict[str, dict[str, R]] = {}
         for row in rows:
             groups.setdefault(detector_name(row), {}).setdefault(head_kind(row), row)
-        return [Pair(h["T-head"], h["parallel"], name) for name, h in groups.items()
+        return [Pair(h["T-head"], h["parallel"], strip_head(h["parallel"].label)) for h in groups.values()
                 if "T-head" in h and "parallel" in h]
     if table == "table3":
         base = {anchor_kind(r): r for r in reversed(rows) if is_atss_baseline(r)}

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from reports.cells import NO_VALUE, fmt_delta, fmt_value, head_kind, metric_label, metric_value, top_m
+from reports.cells import (NO_VALUE, fmt_delta, fmt_value, head_kind, metric_label, metric_value, strip_head,
+                           top_m)
 from reports.collect import FINAL_METRICS, StudyData, metric_columns, rows_from_trials
 from reports.pairs import REFERENCE_NAMES, detector_name, reference
 
@@ -190,9 +191,9 @@ def table1(rows: list[RowSummary]) -> Table:
         header += [h for m in AP_METRICS for h in (f"{head} {m}", f"{head} {m} (paper)")]
     header += ["ΔAP", "ΔAP (paper)"]
     body = []
-    for name, heads in detectors.items():
+    for heads in detectors.values():
         par, th = heads.get("parallel"), heads.get("T-head")
-        cells = [name, _n_cell(par), _n_cell(th)]
+        cells = [strip_head(next(iter(heads.values())).label), _n_cell(par), _n_cell(th)]
         cells += [c for m in AP_METRICS for c in _metric_cells(par, m, None)]
         cells += [c for m in AP_METRICS for c in _metric_cells(th, m, par)]
         body.append(cells + _delta_cells(th, par, "AP"))

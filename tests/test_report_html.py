@@ -78,8 +78,12 @@ def test_report_html_in_chromium(tmp_path):
     t6 = parser.tables["Table 6: alignment of the two tasks"]
     t2 = parser.tables["Table 2: sample assignment (AP / AP50 / AP75)"]
     assert t6[0][:4] == ["Method", "n", "AP", "AP (paper)"] and t6[0][-2:] == ["ΔAP", "ΔAP (paper)"]
-    assert t6[3] == ["parallel head + TAL", "1", "20.5 ± - †", "40.3", "0.330 ± -", "0.415", "0.510 ± - †",
-                     "0.643", "1,150 ± -", "30,506", "450 ± -", "15,927", "2,900 ± -", "72,320", "-0.5", "+1.1"]
+    assert t6[1][:4] == ["parallel head + ATSS", "3", "21.0 ± 1.0 (3)", "39.2"]
+    assert t6[3] == ["parallel head + TAL", "1", "20.5 †", "40.3", "0.330", "0.415", "0.510 †",
+                     "0.643", "1,150", "30,506", "450", "15,927", "2,900", "72,320", "-0.5", "+1.1"]
+    claims = parser.tables["All studies: the paper's claims, our verdicts"]
+    assert claims[0] == ["Study", "Claim", "Metric", "Δ paper", "Δ ours", "n", "95% CI", "Test", "Verdict"]
+    assert claims[1][:2] == ["table2_assignment", "IoU-based < ATSS (AP)"] and claims[1][-1] == "inconclusive"
     assert t6[4][:4] == ["T-head + TAL", "0", "missing", "42.5"]
     assert [r[0] for r in t2[1:]] == ["IoU-based", "ATSS", "TAL", "center sampling"]
     assert t2[3][:3] == ["TAL", "0 (1 failed)", "failed"] and t2[4][2] == "running"
