@@ -109,6 +109,8 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
         view = html.escape(view_url(data.tracking_uri, data.experiment_id))
         run_link = (f'<a href="{html.escape(base)}/runs/{html.escape(data.parent_id)}">{run_link}</a> '
                     f'(<a href="{view}">runs with AP, AP50, AP75, PCC</a>)')
+    else:  # no server to link: the address to append to `mlflow ui`'s
+        run_link += f"; in the UI: <code>{html.escape(view_url('', data.experiment_id))}</code>"
     commits = sorted({c for c in trials.get("git_commit", []) if c})
     commit_text = f", commit {', '.join(commits)}" if commits else ""
     e = html.escape

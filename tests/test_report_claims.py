@@ -7,6 +7,7 @@ os.environ["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
+import json  # noqa: E402
 import math  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -228,3 +229,21 @@ def test_rows_csv_frame(t3):
     assert frame.loc["ATSS (anchor-free)", "AP.std"] == pytest.approx(stats.tstd([20.0, 21.0, 22.5]))
     assert frame.loc["TOOD (anchor-free)", "AP.n"] == 4 and frame.loc["TOOD (anchor-free)", "AP.paper"] == 42.5
     assert frame.loc["ATSS (anchor-based)", "n_failed"] == 1 and frame.loc["ATSS (anchor-based)", "factor.detector"] == "atss_ab"
+
+
+def test_study_experiment_ui_tags(tmp_path, monkeypatch):
+    from orchestration.tracking import ensure_experiment
+    from reports.mlflow_ui import KIND_TAG, PAPER_VIEW, TRAINING_KIND, VIEW_TAG_PREFIX, view_url
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    new = client.get_experiment(ensure_experiment(client, "t6")).tags
+    assert new[KIND_TAG] == TRAINING_KIND
+    view = json.loads(new[VIEW_TAG_PREFIX + PAPER_VIEW])
+    assert json.loads(view["state"])["selectedColumns"] == ["metrics.`AP`", "metrics.`AP50`", "metrics.`AP75`",
+                                                                "metrics.`PCC`"]
+    # an experiment made before the tags existed gets them on its next launch
+    old = client.create_experiment("tood-ablate/old", artifact_location=str(tmp_path / "old"))
+    assert ensure_experiment(client, "old") == old and client.get_experiment(old).tags[KIND_TAG] == TRAINING_KIND
+    assert view_url("http://127.0.0.1:5000/", "7") == ("http://127.0.0.1:5000/#/experiments/7/runs?"
+                                                       "workflowType=machine_learning&viewStateShareKey=tood-paper-metrics")
