@@ -247,3 +247,23 @@ def test_study_experiment_ui_tags(tmp_path, monkeypatch):
     assert ensure_experiment(client, "old") == old and client.get_experiment(old).tags[KIND_TAG] == TRAINING_KIND
     assert view_url("http://127.0.0.1:5000/", "7") == ("http://127.0.0.1:5000/#/experiments/7/runs?"
                                                        "workflowType=machine_learning&viewStateShareKey=tood-paper-metrics")
+
+
+def test_pairs_of_the_grid_files():
+    from reports.collect import parse_grid_rows
+    from reports.pairs import pairs
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    found = {}
+    for path in sorted(root.glob("*.yaml")):
+        grid = yaml.safe_load(path.read_text())
+        if isinstance(grid, dict) and grid.get("table") in ("table1", "table2", "table3", "table4", "table6", "topm"):
+            found[grid["table"]] = [(p.row.label, p.ref.label) for p in pairs(grid["table"], parse_grid_rows(grid))]
+    assert found["table1"] == [(f"{d}, T-head", f"{d}, parallel head") for d in
+                               ("FoveaBox", "ATSS anchor-free", "ATSS anchor-based", "FCOS")]
+    assert found["table2"] == [(r, "ATSS") for r in ("IoU-based", "center sampling", "centerness", "ATSS + QFL",
+                                                     "TAL", "TAL + TAP")]
+    assert found["table3"] == [("TOOD (anchor-free)", "ATSS (anchor-free)"), ("TOOD (anchor-based)", "ATSS (anchor-based)")]
+    assert found["table4"] == [(r, "(1.0, 6)") for r in ("(0.5, 2)", "(0.5, 4)", "(0.5, 6)", "(1.0, 8)", "(1.5, 8)")]
+    assert found["table6"] == [(r, "parallel head + ATSS") for r in ("T-head + ATSS", "parallel head + TAL", "T-head + TAL")]
+    assert found["topm"] == [(f"m={m}", "m=13") for m in (5, 9, 17, 21)]
