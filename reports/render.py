@@ -241,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     if not formats or set(formats) - FORMATS.keys():
         parser.error(f"--format {args.format!r}: expected a comma-separated subset of {','.join(FORMATS)}")
+    from orchestration.preflight import check_writable
+    from tood.config import ConfigError
+
+    try:
+        check_writable(args.out, "--out")  # before any MLflow query
+    except ConfigError as exc:
+        print(f"tood-ablate report: error: {exc}", file=sys.stderr)
+        return 2
     try:
         paths = render_report(None if args.all else args.study, args.tracking_uri, args.out, formats, args.parent)
     except NoRunsError as exc:

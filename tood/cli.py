@@ -46,16 +46,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _model_from_checkpoint(cfg: Config, checkpoint: str):
     from tood.build import build_model
-    from tood.checkpoint import load_checkpoint
+    from tood.checkpoint import load_checkpoint, model_mismatch
     from tood.engine import resolve_device
 
     device = resolve_device(cfg.train.device)
     state = load_checkpoint(checkpoint)
+    saved = (state.get("config") or {}).get("model")
+    mismatch = model_mismatch(saved, to_dict(cfg)["model"]) if isinstance(saved, dict) else None
+    if mismatch:
+        raise ConfigError(f"{checkpoint}: {mismatch} (expected the model settings it was trained with)")
     model = build_model(cfg.model, load_pretrained=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise ConfigError(f"{checkpoint}: weights do not fit the configured model ({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"{checkpoint}: model: weights do not fit the configured model ({str(e).splitlines()[0]})"
+                          " (expected a checkpoint of this head, backbone and class count)") from None
     return model.to(device).eval(), device, state.get("class_names")
 
 
@@ -76,9 +81,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from tood.detect import detect_images
 
+    from tood.validate import validate_config
+
     cfg = _load(args)
     if args.score_thr is not None:
         cfg.test.score_thr = args.score_thr
+        validate_config(cfg, "--score-thr:")
     model, device, class_names = _model_from_checkpoint(cfg, args.checkpoint)
     for path in detect_images(model, cfg, device, [Path(p) for p in args.images], Path(args.out), class_names=class_names):
         print(path)

@@ -3,7 +3,9 @@
 Policy (decided once, here):
 - errors (:class:`DatasetError`, all problems collected into one message): unreadable or
   malformed json, missing top-level keys, malformed entries, duplicate ids, annotations
-  naming an unknown image or category, missing image files or image directory;
+  naming an unknown image or category, missing image files or image directory, files whose
+  header is not an image of the annotated size (headers only: cheap even for COCO train),
+  a training split without a single usable box;
 - dropped with ONE warning giving the count and the first few examples: degenerate boxes
   (w or h <= 1 px, area <= 0) and boxes outside their image by more than
   ``EDGE_TOLERANCE`` px (boxes within the tolerance are clipped);
@@ -148,6 +150,18 @@ def _file_exists(path: Path, listings: dict[Path, set[str]]) -> bool:
     return path.name in listings[d]
 
 
+def _header_problem(path: Path, width: int, height: int) -> str | None:
+    """Why ``path`` is not an image of ``width`` x ``height`` px, reading only its header."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return f"image file {path} is not a readable image ({type(e).__name__}) (expected a JPEG/PNG/... file)"
+    if (w, h) != (width, height):
+        return f"image file {path} is {w}x{h} px but width x height is {width}x{height} (expected equal)"
+    return None
+
+
 def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: bool) -> tuple[list[ImageRecord], list[int], list[str]]:
     """Check ``data`` (parsed by :func:`load_coco_json`) against ``img_dir``.
 
@@ -178,6 +192,8 @@ def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: 
             errs.append(f"{where}: duplicate image id {im['id']} (expected unique ids)")
         if not errs and img_dir.is_dir() and not _file_exists(img_dir / im["file_name"], listings):
             errs.append(f"{where}: image file {img_dir / im['file_name']} not found (expected it under {img_dir})")
+        elif not errs and img_dir.is_dir():
+            errs += [f"{where}: {why}" for why in [_header_problem(img_dir / im["file_name"], im["width"], im["height"])] if why]
         problems += errs
         if not errs:
             images[im["id"]] = im
@@ -210,6 +226,10 @@ def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: 
         boxes, labels = per_image[a["image_id"]]
         boxes.append((max(x, 0.0), max(y, 0.0), min(x + w, im["width"]), min(y + h, im["height"])))
         labels.append(label_of[a["category_id"]])
+    if train and not problems and not any(boxes for boxes, _ in per_image.values()):
+        why = f"; all {len(dropped)} were dropped, e.g. {dropped[0]}" if dropped else ""
+        problems.append(f"{src}: annotations: no image has a usable box ({len(data['annotations'])} annotations{why}) "
+                        "(expected at least one non-crowd box inside its image for training)")
     _raise_if(problems, src)
     records = []
     for image_id, im in images.items():

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from tood.cache import exclusive, require_recipe
-from tood.config import Config, DataConfig
+from tood.config import Config, ConfigError, DataConfig
 from tood.data.coco import CocoDetection
 from tood.data.transforms import build_transforms, collate
 
