@@ -18,7 +18,8 @@ import pandas as pd
 
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
 from reports.pairs import Pair, pairs
-from reports.stats import BAND, GREATER, NONE, PAIRED, WELCH, WITHIN, Difference, difference, expectation, verdict
+from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, NONE, PAIRED, VERDICTS, WELCH, WITHIN,
+                           Difference, difference, expectation, verdict)
 from reports.tables import PAPER_COLUMNS, RowSummary, Table
 
 CLAIM_METRICS = {"table1": ("AP",), "table2": ("AP",), "table3": ("AP",), "topm": ("AP",), "table4": ("AP",),
@@ -147,8 +148,8 @@ def comparisons_table(key: str, caption: str, comparisons: list[Comparison], wit
             + [c.claim, metric_label(c.metric), fmt_paper(c), fmt_ours(c.diff, c.metric),
                fmt_n(c.diff), fmt_interval(c.diff, c.metric), fmt_test(c.diff), c.verdict]
             for c in chosen]
-    counts = {v: sum(c.verdict == v for c in chosen) for v in ("agrees", "disagrees", "inconclusive")}
-    notes = [f"{counts['agrees']} agree, {counts['disagrees']} disagree, {counts['inconclusive']} inconclusive."]
+    counts = {v: sum(c.verdict == v for c in chosen) for v in VERDICTS}
+    notes = [f"{counts[AGREES]} agree, {counts[DISAGREES]} disagree, {counts[INCONCLUSIVE]} inconclusive."]
     if not chosen:
         notes = ["No comparison: the grid lacks the paired rows (or their paper numbers)."]
     return Table(key, caption, header, body, notes + NOTES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from reports.stats import VERDICTS
 from reports.tables import DISAGREE, GAP_WORDS, Table
 
 WIDE_COLUMNS = 8
@@ -56,12 +57,14 @@ def to_latex(table: Table) -> str:
 def _cell_class(text: str) -> str:
     if text in GAP_WORDS:
         return ' class="gap"'
+    if text in VERDICTS:
+        return f' class="{text}"'
     return ' class="disagree"' if DISAGREE in text else ""
 
 
 def to_html(table: Table) -> str:
     """A ``<figure>`` with a captioned ``<table>`` (gap cells class="gap", ordering marks
-    class="disagree") followed by the notes."""
+    class="disagree", verdicts class="agrees" / "disagrees" / "inconclusive") followed by the notes."""
     e = html.escape
     head = "".join(f"<th scope=\"col\">{e(h)}</th>" for h in table.header)
     body = "\n".join(

@@ -23,6 +23,7 @@ LEVEL = 0.95
 BAND = 0.5  # "flat" claims (top-m): the difference stays within +-BAND of the reference
 PAIRED, WELCH, NONE = "paired", "welch", "none"
 AGREES, DISAGREES, INCONCLUSIVE = "agrees", "disagrees", "inconclusive"
+VERDICTS = (AGREES, DISAGREES, INCONCLUSIVE)
 GREATER, LESS, WITHIN = "greater", "less", "within"
 
 

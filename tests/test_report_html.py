@@ -84,6 +84,8 @@ def test_report_html_in_chromium(tmp_path):
     claims = parser.tables["All studies: the paper's claims, our verdicts"]
     assert claims[0] == ["Study", "Claim", "Metric", "Δ paper", "Δ ours", "n", "95% CI", "Test", "Verdict"]
     assert claims[1][:2] == ["table2_assignment", "IoU-based < ATSS (AP)"] and claims[1][-1] == "inconclusive"
+    # verdict cells carry their class: 3 in the summary's claims, 3 in table6's claims, 5 in its comparisons
+    assert dom.count('<td class="agrees">agrees</td>') == 3 + 3 + 5
     assert t6[4][:4] == ["T-head + TAL", "0", "missing", "42.5"]
     assert [r[0] for r in t2[1:]] == ["IoU-based", "ATSS", "TAL", "center sampling"]
     assert t2[3][:3] == ["TAL", "0 (1 failed)", "failed"] and t2[4][2] == "running"
