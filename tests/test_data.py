@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tood.data.coco import CocoDetection, DatasetError
+from tood.data.coco import CocoDetection, DatasetError, decode_image
 from tood.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, Transforms, build_transforms, collate, hflip, normalize, rescale_size, resize,
 )
@@ -83,17 +83,20 @@ def test_all_errors_collected_with_file_entry_and_expected(tmp_path):
 def test_unreadable_image_names_path(tmp_path):
     ann, img_dir = _write_dataset(tmp_path, GOOD)
     (img_dir / "b.png").write_bytes(b"not a png")
-    ds = CocoDetection(ann, img_dir)  # exists, so validation passes; decoding fails clearly
+    with pytest.raises(DatasetError, match=r"images\[1\] \(id 2\): image file .*b\.png is not a readable image"):
+        CocoDetection(ann, img_dir)  # the header is read up front, before any training
     with pytest.raises(DatasetError, match=rf"{img_dir / 'b.png'}: cannot decode image"):
-        ds[1]
+        decode_image(img_dir / "b.png")  # a file broken after validation still names its path
 
 
 def test_decoded_size_must_match_json(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}]
     ann, img_dir = _write_dataset(tmp_path, [_ann(1, 1, 1, [0, 0, 5, 5])], images=images)
     Image.new("RGB", (30, 20)).save(img_dir / "a.png")
+    with pytest.raises(DatasetError, match=r"a\.png is 30x20 px but width x height is 64x48 \(expected equal\)"):
+        CocoDetection(ann, img_dir)
     with pytest.raises(DatasetError, match="decoded size 30x20 differs .* 64x48"):
-        CocoDetection(ann, img_dir)[0]
+        decode_image(img_dir / "a.png", (48, 64))
 
 
 def test_degenerate_boxes_dropped_with_one_warning(tmp_path):
