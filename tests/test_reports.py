@@ -23,7 +23,7 @@ from reports import plots  # noqa: E402
 from reports.collect import collect_study, metric_histories, open_client, parse_grid_rows  # noqa: E402
 from reports.formats import latex_escape, to_latex, to_markdown  # noqa: E402
 from reports.render import main, render_report  # noqa: E402
-from reports.document import build_study_report  # noqa: E402
+from reports.document import build_study_report, summary_tables  # noqa: E402
 from reports.tables import RowSummary, all_metrics, build_table, summarize  # noqa: E402
 
 T6 = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
@@ -300,10 +300,11 @@ def test_latex_and_markdown_well_formed(store, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
     # every table of the report (claims, paper table, comparisons, all metrics, compute) in one document
-    tables = build_study_report(open_client(store.uri), data).tables
+    report = build_study_report(open_client(store.uri), data)
+    tables = report.tables
     assert [t.key for t in tables] == ["table6_claims", "table6", "table6_comparisons", "table6_all_metrics",
                                        "table6_compute"]
-    body = "".join(to_latex(t) for t in tables)
+    body = "".join(to_latex(t) for t in tables + summary_tables([report]))
     for t in tables:
         _latex_balanced(to_latex(t))
     doc = "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + body + "\\end{document}\n"
