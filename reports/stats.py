@@ -49,11 +49,6 @@ class Difference:
     lo: float
     hi: float
 
-    @property
-    def n(self) -> int:
-        """Paired seeds for PAIRED / NONE-with-a-shared-seed, else the smaller row's seed count."""
-        return len(self.seeds) if self.kind == PAIRED or self.seeds else min(self.n_row, self.n_ref)
-
 
 def _t_interval(mean: float, se: float, df: float) -> tuple[float, float]:
     """``mean`` +- t_{0.975, df} * se; a zero-width interval when se == 0 (scipy gives NaN)."""
