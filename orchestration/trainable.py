@@ -142,9 +142,12 @@ def _log_attempt(client: MlflowClient, trial: dict[str, Any], number: int, t0: f
     """Wall time of this attempt (failed ones too: the compute report counts them) and the
     resources it held, for the report's compute accounting."""
     tracking.log_metrics(client, trial["run_id"], {"attempt_wall_s": time.monotonic() - t0}, step=number)
+    from reports.compute import host_tag
+
     for name in ("cpus", "gpus"):
         tracking.retry(client.set_tag, trial["run_id"], f"tood.{name}_per_trial",
                        str(trial[f"{name}_per_worker"] * trial["workers"]))
+    tracking.retry(client.set_tag, trial["run_id"], "tood.host", host_tag())
 
 
 def _fill_aliases(client: MlflowClient, trial: dict[str, Any]) -> None:

@@ -26,10 +26,10 @@ EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
 FACTOR_TAG, PAPER_TAG = "tood.factor.", "tood.paper."
 # Trial columns that are not metrics (nor factor.* / paper.* columns).
 BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
-                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial")
+                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial", "host")
 # Tags read into the columns of the same name ('' when absent: stores older than the tag).
 TAG_COLUMNS = {"attempts": "tood.attempts", "reused_from": "tood.reused_from", "trial_key": "tood.trial_key",
-               "cpus_per_trial": "tood.cpus_per_trial", "gpus_per_trial": "tood.gpus_per_trial"}
+               "cpus_per_trial": "tood.cpus_per_trial", "gpus_per_trial": "tood.gpus_per_trial", "host": "tood.host"}
 
 
 class NoRunsError(LookupError):

@@ -10,6 +10,7 @@ these tags give "not recorded" rather than a guess.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -60,6 +61,7 @@ class Machine:
     torch: str
     ray: str
     mlflow: str
+    recorded: bool = False  # read from the trials' tood.host tags, not this host
 
 
 def _float(text: object) -> float:
@@ -81,7 +83,7 @@ def trial_compute(client: MlflowClient, trials: pd.DataFrame) -> list[TrialCompu
         per_attempt = {m.step: m.value for m in client.get_metric_history(t.run_id, WALL_METRIC)}
         attempts = max(0 if math.isnan(tagged) else int(tagged), len(per_attempt))
         wall = sum(per_attempt.values()) if per_attempt else math.nan
-        failed = attempts - 1 if t.status == "FINISHED" and attempts else attempts
+        failed = attempts - 1 if t.status in ("FINISHED", "RUNNING") and attempts else attempts
         records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, attempts, failed, wall,
                                     _float(getattr(t, "cpus_per_trial", "")), _float(getattr(t, "gpus_per_trial", "")),
                                     ""))
@@ -126,8 +128,28 @@ def machine() -> Machine:
                    metadata.version("ray"), metadata.version("mlflow"))
 
 
+def host_tag() -> str:
+    """The ``tood.host`` tag a trial writes where it runs (read back by :func:`recorded_machine`)."""
+    m = machine()
+    return json.dumps({"cpu": m.cpu, "cores": m.cores, "gpu": m.gpu, "torch": m.torch, "ray": m.ray, "mlflow": m.mlflow,
+                       "recorded": True})
+
+
+def recorded_machine(trials: pd.DataFrame) -> Machine | None:
+    """The machine the trials recorded (tag ``tood.host``, JSON of :class:`Machine`'s fields, written
+    by each trial where it ran); None when no trial recorded one or they disagree."""
+    hosts = {h for h in (trials["host"] if "host" in trials else []) if h}
+    if len(hosts) != 1:
+        return None
+    try:
+        return Machine(**json.loads(hosts.pop()))
+    except (TypeError, ValueError):
+        return None
+
+
 def machine_note(m: Machine) -> str:
-    return (f"Machine (where this report ran; the launch records no host tags): {m.cpu}, {m.cores} logical cores, "
+    where = "recorded by the trials" if m.recorded else "where this report ran; the trials recorded none, or several"
+    return (f"Machine ({where}): {m.cpu}, {m.cores} logical cores, "
             f"GPU {m.gpu}; torch {m.torch}, ray {m.ray}, mlflow {m.mlflow}.")
 
 

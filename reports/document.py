@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from reports.claims import Comparison, compare, comparisons_table
 from reports.collect import StudyData
-from reports.compute import Machine, TrialCompute, compute_table, machine, summary_compute_table, trial_compute
+from reports.compute import Machine, TrialCompute, compute_table, machine, recorded_machine, summary_compute_table, trial_compute
 from reports.tables import RowSummary, Table, all_metrics, build_table, summarize
 
 
@@ -44,7 +44,7 @@ def build_study_report(client: MlflowClient, data: StudyData, host: Machine | No
         main,
         comparisons_table(f"{key}_comparisons", f"{name}: paired comparisons over seeds", comparisons),
         all_metrics(rows, data.table, name),
-        compute_table(f"{key}_compute", f"{name}: compute", rows, records, host or machine()),
+        compute_table(f"{key}_compute", f"{name}: compute", rows, records, host or recorded_machine(data.trials) or machine()),
     ]
     if not comparisons:  # a layout the paper has no comparisons for (smoke): the claims table says so
         del tables[2]
@@ -56,7 +56,12 @@ def summary_tables(reports: list[StudyReport], host: Machine | None = None) -> l
     claims = [c for r in reports for c in r.comparisons]
     return [comparisons_table("summary_claims", "All studies: the paper's claims, our verdicts", claims,
                               with_study=True, claims_only=True),
-            summary_compute_table({r.data.study: r.compute for r in reports}, host or machine())]
+            summary_compute_table({r.data.study: r.compute for r in reports},
+                                  host or _same_machine([recorded_machine(r.data.trials) for r in reports]) or machine())]
+
+
+def _same_machine(machines: list[Machine | None]) -> Machine | None:
+    return machines[0] if machines and all(m is not None and m == machines[0] for m in machines) else None
 
 
 def rows_frame(rows: list[RowSummary]) -> pd.DataFrame:

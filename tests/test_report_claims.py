@@ -219,7 +219,7 @@ def test_compute_totals_with_failed_and_reused(t3):
         ["4", "3", "600", "seed 3 reused from src-run-123"]
     assert [table.cell("Total", c) for c in ("trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h")] == \
         ["11", "13", "4", "2,380", "1.322", "0.331"]
-    assert table.notes[-1] == ("Machine (where this report ran; the launch records no host tags): Test CPU, 4 logical "
+    assert table.notes[-1] == ("Machine (where this report ran; the trials recorded none, or several): Test CPU, 4 logical "
                                "cores, GPU none; torch t, ray r, mlflow m.")
 
 
@@ -267,3 +267,18 @@ def test_pairs_of_the_grid_files():
     assert found["table4"] == [(r, "(1.0, 6)") for r in ("(0.5, 2)", "(0.5, 4)", "(0.5, 6)", "(1.0, 8)", "(1.5, 8)")]
     assert found["table6"] == [(r, "parallel head + ATSS") for r in ("T-head + ATSS", "parallel head + TAL", "T-head + TAL")]
     assert found["topm"] == [(f"m={m}", "m=13") for m in (5, 9, 17, 21)]
+
+
+def test_machine_note_prefers_the_host_the_trials_recorded():
+    import json
+
+    import pandas as pd
+
+    from reports.compute import Machine, machine_note, recorded_machine
+
+    host = {"cpu": "Some CPU", "cores": 16, "gpu": "none", "torch": "2.13.0", "ray": "2.60.0", "mlflow": "3.17.2", "recorded": True}
+    one = pd.DataFrame({"host": [json.dumps(host), json.dumps(host), ""]})
+    m = recorded_machine(one)
+    assert m == Machine(**host) and machine_note(m).startswith("Machine (recorded by the trials): Some CPU, 16 logical cores")
+    two = pd.DataFrame({"host": [json.dumps(host), json.dumps({**host, "cores": 8})]})
+    assert recorded_machine(two) is None and recorded_machine(pd.DataFrame({"run_id": ["a"]})) is None
