@@ -376,3 +376,27 @@ def test_cli_all_studies(store, tmp_path, capsys):
     assert html.index("All studies: the paper") < html.index('id="study-smoke"')
     with pytest.raises(SystemExit):
         main(["table2_assignment", "--all"])
+
+
+def test_per_seed_export_lists_every_trial_with_its_provenance(store, tmp_path):
+    import pandas as pd
+
+    from reports.export import main as export_main
+
+    out = tmp_path / "per_seed.csv"
+    assert export_main(["table6_alignment", "table2_assignment", "--tracking-uri", store.uri, "--out", str(out),
+                        "--header", "command: tood-ablate run ..."]) == 0
+    lines = out.read_text().splitlines()
+    header = [l for l in lines if l.startswith("# ")]
+    assert header[0] == f"# study table6_alignment: launch t6-new (parent run {store.parents['table6']}), git commit abc1234"
+    assert header[-1] == "# command: tood-ablate run ..."
+    frame = pd.read_csv(out, comment="#")
+    t6 = frame[frame.study == "table6_alignment"]
+    # the newest launch only (not t6-old's 99.0); every (row, seed) of it, failed seeds included
+    expected = [(label, seed) for label, *_ in T6_ROWS for seed, _ in enumerate(T6_OURS.get(label, []))]
+    assert list(zip(t6.row, t6.seed)) == expected and 99.0 not in set(t6.AP)
+    first = T6_OURS["parallel head + ATSS"][0]
+    row = t6.iloc[0]
+    assert (row.AP, row.PCC, row.n_redundant) == (first[0], first[1], first[4]) and row.status == "FINISHED"
+    assert t6[t6.status == "FAILED"].AP.isna().all()
+    assert set(frame[frame.study == "table2_assignment"].row) == {label for label, *_ in T2_ROWS}
