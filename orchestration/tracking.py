@@ -199,6 +199,12 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], st
         retry(client.log_batch, run_id, metrics=batch)
 
 
+def logged_steps(client: MlflowClient, run_id: str, key: str = "loss_total") -> set[int]:
+    """Steps (epochs) at which ``key`` is logged; an epoch's metrics go in one batch, so one
+    key stands for all of them."""
+    return {m.step for m in retry(client.get_metric_history, run_id, key)}
+
+
 def finish_trial(client: MlflowClient, run_id: str, config: dict, metrics: dict[str, float], step: int,
                  checkpoint: Path | None = None) -> None:
     """Artifacts config.yaml, metrics.json (+ the checkpoint), final metrics not yet logged

@@ -58,7 +58,16 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def _mlflow_log(client: MlflowClient, run_id: str) -> Callable[[dict[str, float], int], None]:
-    return lambda metrics, step: tracking.log_metrics(client, run_id, metrics, step)
+    """Log an epoch's metrics unless an earlier attempt did: an attempt killed after logging
+    epoch k but before Tune had its checkpoint retrains epoch k (exactly, from the same RNG
+    state), and the run must hold it once."""
+    done = tracking.logged_steps(client, run_id)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        if step not in done:
+            tracking.log_metrics(client, run_id, metrics, step)
+
+    return log
 
 
 def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -> tuple[dict[str, float], Path | None]:

@@ -1,7 +1,7 @@
 """Faults outside the driver: a worker node of a two-node local Ray cluster killed mid-grid
 (and replaced), and the MLflow server stopped mid-grid and started again.
 
-Every service listens on 127.0.0.1 only, runs in its own session and is stopped by its
+Every service listens on 127.0.0.1 only (see ``JOIN_ON_LOOPBACK`` for the second node), runs in its own session and is stopped by its
 recorded process group (``tests.test_cluster.Service``), which also checks nothing is left.
 """
 from __future__ import annotations
@@ -35,9 +35,25 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _ray_node(log: Path, env: dict, ray_tmp: Path, *args: str) -> Service:
+# `ray start` of a worker node refuses to run where clusters are limited to one machine (the
+# setting that keeps every Ray address on 127.0.0.1), and without the limit it rewrites
+# 127.0.0.1 to the outward-facing address. The second node therefore runs `ray start` with
+# both undone in its own process only; the processes it starts keep the limit (environment).
+JOIN_ON_LOOPBACK = """
+import sys
+import ray._private.ray_constants as constants, ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+main()
+"""
+
+
+def _ray_node(log: Path, env: dict, ray_tmp: Path, *args: str, join: bool = False) -> Service:
     ports = [f"--{flag}={_free_port()}" for flag in NODE_PORTS]
-    return Service([str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
+    ray = [sys.executable, "-c", JOIN_ON_LOOPBACK] if join else [str(BIN / "ray")]
+    return Service([*ray, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={ray_tmp}",
                     "--object-store-memory=80000000", "--disable-usage-stats", *ports, *args], log, env)
 
 
@@ -76,7 +92,7 @@ def test_killed_worker_node_is_replaced_and_its_trials_finish(tmp_path):
         started.append(head)
         head.wait_until(lambda: _port_open(gcs) and "Ray runtime started" in head.log.read_text(), "ray head")
         node_args = (f"--address=127.0.0.1:{gcs}", "--num-cpus=2", '--resources={"tood_worker": 1}')
-        worker = _ray_node(tmp_path / "worker1.log", env, ray_tmp, *node_args)
+        worker = _ray_node(tmp_path / "worker1.log", env, ray_tmp, *node_args, join=True)
         started.append(worker)
         worker.wait_until(lambda: "Ray runtime started" in worker.log.read_text(), "ray worker node")
         port = _free_port()
@@ -90,7 +106,7 @@ def test_killed_worker_node_is_replaced_and_its_trials_finish(tmp_path):
         assert _checkpoint_epochs(tmp_path / "ray/node") and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         worker.stop()  # SIGTERM then SIGKILL to the node's whole process group: raylet and trial workers
         started.remove(worker)
-        replacement = _ray_node(tmp_path / "worker2.log", env, ray_tmp, *node_args)
+        replacement = _ray_node(tmp_path / "worker2.log", env, ray_tmp, *node_args, join=True)
         started.append(replacement)
         assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]
         client, parents, children = _study_runs(uri)
