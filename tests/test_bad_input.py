@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -237,8 +238,10 @@ def test_bad_input_fails_up_front_with_a_clear_message(name, tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     case = CASES[name](tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS", "TOOD_"))}
+    t0 = time.monotonic()
     proc = subprocess.run(case.argv, cwd=tmp_path, env={**env, "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True,
                           text=True, timeout=60)
+    assert time.monotonic() - t0 <= 15, "the error must come within 15 s"
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
     for text in case.expect:
