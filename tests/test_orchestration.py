@@ -24,6 +24,7 @@ from orchestration.launch import main
 from orchestration.progress import counts, describe, trial_line
 from orchestration.tracking import create_launch_runs, finish_trial, reconcile, record_error, start_attempt
 from tood.config import build_config, flatten
+from tood.eval.alignment import PCC_PROTOCOL
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments/smoke.yaml"
@@ -142,7 +143,8 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
         # params: the flattened resolved config; artifacts: that config and the final metrics
         params = run.data.params
         assert params["model.head.type"] == spec.config["model"]["head"]["type"] and params["train.epochs"] == "2"
-        assert set(params) == set(flatten(spec.config))
+        assert set(params) == set(flatten(spec.config)) | {"eval.pcc_protocol"}
+        assert params["eval.pcc_protocol"] == PCC_PROTOCOL
         config = yaml.safe_load(_download(client, run.info.run_id, "config.yaml", launch.path / name))
         assert config == spec.config and build_config(config, name).model.head.type == spec.factors["head"]
         final = json.loads(_download(client, run.info.run_id, "metrics.json", launch.path / name))
