@@ -194,7 +194,7 @@ def test_bad_grid_or_options_fail_before_anything_starts(tmp_path, monkeypatch, 
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"study: s\ntable: smoke\nbase: {ROOT / 'experiments/base.yaml'}\nrows:\n  - label: a\n    factors: {{assigner: atts}}\n")
     cases = [
-        (["run", str(bad)], "bad.yaml: rows[0].factors.assigner: unknown value 'atts' (expected one of: tal, atss, max_iou, center_sampling)"),
+        (["run", str(bad)], "bad.yaml: rows[0].factors.assigner: unknown value 'atts' (expected one of: tal, atss, max_iou, center_sampling, fovea)"),
         (["run", str(SMOKE), "--seeds", "0,x"], "--seeds: got '0,x' (expected comma-separated integers"),
         (["run", str(SMOKE), "--seeds", "1,1"], "--seeds: got [1, 1] (expected a non-empty list of distinct"),
         (["run", str(SMOKE), "--cpus-per-trial", "-1"], "--cpus-per-trial: got -1.0 (expected a number >= 0)"),
