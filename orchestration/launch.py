@@ -100,8 +100,14 @@ def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
     return _finish(client, info, errors)
 
 
+def _studies(info: dict) -> list[dict]:
+    """The studies of a launch record (``study``, ``parent_run_id``, ...); a record written
+    before suite launches has one, at its top level."""
+    return info.get("studies") or [{"study": info["study"], "parent_run_id": info["parent_run_id"]}]
+
+
 def _parents(info: dict) -> list[str]:
-    return [s["parent_run_id"] for s in info.get("studies", [])] or [info["parent_run_id"]]
+    return [s["parent_run_id"] for s in _studies(info)]
 
 
 def _finish(client, info: dict, errors: dict[str, str]) -> LaunchResult:
@@ -262,20 +268,18 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
     """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs
+    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
 
     info = load_launch(name, storage_path)
     client = MlflowClient(info["tracking_uri"])
     statuses = [client.get_run(p).info.status for p in _parents(info)]
     info["parent_status"] = statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)
     rows = []
-    studies = info.get("studies") or [{"study": info["study"], "parent_run_id": info["parent_run_id"]}]
-    for study in studies:
+    for study in _studies(info):
         for run in sorted(child_runs(client, study["parent_run_id"]), key=lambda r: r.info.run_name):
-            history = client.get_metric_history(run.info.run_id, "loss_total")
             metrics, tags = run.data.metrics, run.data.tags
             rows.append({"status": run.info.status, "study": study["study"], "name": run.info.run_name,
-                         "attempts": tags.get(ATTEMPTS_TAG, "0"), "epoch": max((m.step for m in history), default=None),
+                         "attempts": tags.get(ATTEMPTS_TAG, "0"), "epoch": max(logged_steps(client, run.info.run_id), default=None),
                          "AP": metrics.get("AP", metrics.get("epoch_AP")), "error": tags.get(ERROR_TAG, ""),
                          "reused_from": tags.get(REUSED_TAG, "")})
     return info, rows
