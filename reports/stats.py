@@ -58,6 +58,15 @@ def _t_interval(mean: float, se: float, df: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean of ``values`` and its 95% Student-t interval (NaN bounds with fewer than 2 values)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    lo, hi = _t_interval(mean, statistics.stdev(values) / math.sqrt(len(values)), len(values) - 1)
+    return mean, lo, hi
+
+
 def difference(row: dict[int, float], ref: dict[int, float]) -> Difference:
     """``row`` minus ``ref``; both map seed -> the metric's value (NaN values are ignored)."""
     row = {s: v for s, v in row.items() if not math.isnan(v)}

@@ -1,10 +1,13 @@
 """The one place that turns configuration into objects (model, criterion, data)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from torch import nn
 
 from tood.assigners import ATSSAssigner, CenterSamplingAssigner, FoveaAssigner, MaxIoUAssigner, TaskAlignedAssigner
-from tood.config import Config, CriterionConfig, HeadConfig, ModelConfig
+from tood.config import Config, ConfigError, CriterionConfig, HeadConfig, ModelConfig, to_dict
 from tood.criterion import Phase, TOODCriterion
 from tood.model.backbone import ResNet, load_torchvision_weights
 from tood.model.detector import Detector
@@ -74,3 +77,25 @@ def build_criterion(cfg: Config) -> TOODCriterion:
     if tal and c.warmup_epochs > 0:
         warmup = Phase(assigner=ATSSAssigner(n, topk=c.atss_topk), cls_target="hard", cls_norm="num_pos", box_weight="centerness")
     return TOODCriterion(n, main, warmup=warmup, warmup_epochs=c.warmup_epochs if tal else 0, reg_weight=c.reg_weight)
+
+
+def model_from_checkpoint(cfg: Config, checkpoint: str | Path) -> tuple[Detector, torch.device, list[str] | None]:
+    """The model of ``cfg`` with the weights of ``checkpoint`` on ``cfg.train.device``, in eval
+    mode, and the class names the checkpoint recorded. A checkpoint of other model settings
+    is a ConfigError naming the file and the first differing field."""
+    from tood.checkpoint import load_checkpoint, model_mismatch
+    from tood.engine import resolve_device  # tood.engine builds through this module
+
+    device = resolve_device(cfg.train.device)
+    state = load_checkpoint(checkpoint)
+    saved = (state.get("config") or {}).get("model")
+    mismatch = model_mismatch(saved, to_dict(cfg)["model"]) if isinstance(saved, dict) else None
+    if mismatch:
+        raise ConfigError(f"{checkpoint}: {mismatch} (expected the model settings it was trained with)")
+    model = build_model(cfg.model, load_pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ConfigError(f"{checkpoint}: model: weights do not fit the configured model ({str(e).splitlines()[0]})"
+                          " (expected a checkpoint of this head, backbone and class count)") from None
+    return model.to(device).eval(), device, state.get("class_names")

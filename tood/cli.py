@@ -44,32 +44,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_from_checkpoint(cfg: Config, checkpoint: str):
-    from tood.build import build_model
-    from tood.checkpoint import load_checkpoint, model_mismatch
-    from tood.engine import resolve_device
-
-    device = resolve_device(cfg.train.device)
-    state = load_checkpoint(checkpoint)
-    saved = (state.get("config") or {}).get("model")
-    mismatch = model_mismatch(saved, to_dict(cfg)["model"]) if isinstance(saved, dict) else None
-    if mismatch:
-        raise ConfigError(f"{checkpoint}: {mismatch} (expected the model settings it was trained with)")
-    model = build_model(cfg.model, load_pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ConfigError(f"{checkpoint}: model: weights do not fit the configured model ({str(e).splitlines()[0]})"
-                          " (expected a checkpoint of this head, backbone and class count)") from None
-    return model.to(device).eval(), device, state.get("class_names")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from tood.build import model_from_checkpoint
     from tood.data.loaders import build_loader
     from tood.evaluate import evaluate
 
     cfg = _load(args)
-    model, device, _ = _model_from_checkpoint(cfg, args.checkpoint)
+    model, device, _ = model_from_checkpoint(cfg, args.checkpoint)
     metrics = evaluate(model, build_loader(cfg, train=False), cfg, device, progress=not args.quiet)
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -79,6 +60,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from tood.build import model_from_checkpoint
     from tood.detect import detect_images
 
     from tood.validate import validate_config
@@ -87,7 +69,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.score_thr is not None:
         cfg.test.score_thr = args.score_thr
         validate_config(cfg, "--score-thr:")
-    model, device, class_names = _model_from_checkpoint(cfg, args.checkpoint)
+    model, device, class_names = model_from_checkpoint(cfg, args.checkpoint)
     for path in detect_images(model, cfg, device, [Path(p) for p in args.images], Path(args.out), class_names=class_names):
         print(path)
     return 0

@@ -49,7 +49,7 @@ class DetectionCounts(NamedTuple):
     n_error: int
 
 
-def _pearson(x: Tensor, y: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def row_pearson(x: Tensor, y: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Row-wise Pearson r of ``(M, K)`` x and y over the entries where ``valid`` ``(M, K)``
     (default: all) -> ``(M,)`` r and ``(M,)`` bool defined.
 
@@ -71,11 +71,49 @@ def _pearson(x: Tensor, y: Tensor, valid: Tensor | None = None) -> tuple[Tensor,
     return r.clamp(-1.0, 1.0), defined
 
 
-def _ranks(x: Tensor, valid: Tensor) -> Tensor:
+def row_ranks(x: Tensor, valid: Tensor) -> Tensor:
     """Row-wise ranks 0..n-1 of ``(M, K)`` x among its valid entries (invalid ones rank last);
     ties are broken by position, which is exact for continuous scores and IoUs."""
     key = torch.where(valid, x.double(), torch.tensor(float("inf"), dtype=torch.float64, device=x.device))
     return key.argsort(dim=1, stable=True).argsort(dim=1, stable=True).double()
+
+
+class InstancePredictions(NamedTuple):
+    """Every valid GT instance of a batch (M of them, image-major) against every anchor.
+
+    scores: ``(M, A)`` each anchor's score for the instance's class; ious: ``(M, A)`` IoU of
+    each anchor's predicted box with the instance; attributed: ``(M, A)`` bool, the anchors
+    whose box overlaps this instance most among the image's GTs (IoU > 0); n: ``(M,)`` their count.
+    """
+
+    scores: Tensor
+    ious: Tensor
+    attributed: Tensor
+    n: Tensor
+
+
+def instance_predictions(cls_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> InstancePredictions:
+    """The per-instance view the alignment measures share; shapes as in :func:`alignment_before_nms`."""
+    c = cls_scores.shape[-1]
+    img, gt = gt_mask.nonzero(as_tuple=True)  # (M,), (M,) valid instances
+    iou_all = box_iou(pred_boxes.float(), gt_boxes.float()).masked_fill(~gt_mask[:, None, :], -1.0)  # (B, A, G)
+    best_iou, best_gt = iou_all.max(-1)  # (B, A)
+    attributed = (best_gt[img] == gt[:, None]) & (best_iou[img] > 0)  # (M, A)
+    labels = gt_labels[img, gt].clamp(0, c - 1)  # (M,)
+    scores = cls_scores[img, :, labels].float()  # (M, A)
+    ious = iou_all[img, :, gt]  # (M, A) IoU of every anchor's box with this GT
+    return InstancePredictions(scores, ious, attributed, attributed.sum(1))
+
+
+def top_attributed(inst: InstancePredictions, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each instance's attributed predictions in decreasing score order, the first
+    ``min(k, A)``: ``(M, k)`` scores, IoUs and bool valid (False past the instance's n)."""
+    scores, ious, attributed, n = inst
+    k = min(k, scores.shape[1])
+    ranked = scores.masked_fill(~attributed, -1.0)  # scores are >= 0: unattributed sort last
+    top_i = ranked.topk(k, dim=1).indices  # (M, k)
+    valid = torch.arange(k, device=n.device)[None, :] < n[:, None]  # (M, k)
+    return scores.gather(1, top_i), ious.gather(1, top_i), valid
 
 
 def alignment_before_nms(
@@ -105,38 +143,27 @@ def alignment_before_nms(
         pred_boxes: ``(B, A, 4)`` decoded xyxy boxes (clipped to the image), same pixels as ``gt_boxes``.
         gt_boxes: ``(B, G, 4)`` xyxy; gt_labels ``(B, G)`` long; gt_mask ``(B, G)`` bool.
     """
-    b, a, c = cls_scores.shape
-    img, gt = gt_mask.nonzero(as_tuple=True)  # (M,), (M,) valid instances
-    if img.numel() == 0:
+    inst = instance_predictions(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    if inst.n.numel() == 0:
         return AlignmentSums(0.0, 0.0, 0, 0.0, 0, 0, 0.0, 0)
-    iou_all = box_iou(pred_boxes.float(), gt_boxes.float()).masked_fill(~gt_mask[:, None, :], -1.0)  # (B, A, G)
-    best_iou, best_gt = iou_all.max(-1)  # (B, A)
-    attributed = (best_gt[img] == gt[:, None]) & (best_iou[img] > 0)  # (M, A)
-    n = attributed.sum(1)  # (M,)
-    labels = gt_labels[img, gt].clamp(0, c - 1)  # (M,)
-    scores = cls_scores[img, :, labels].float()  # (M, A)
-    ious = iou_all[img, :, gt]  # (M, A) IoU of every anchor's box with this GT
-
-    k = min(max(topk_pcc, topk_iou), a)
-    ranked = scores.masked_fill(~attributed, -1.0)  # scores are >= 0: unattributed sort last
-    top_i = ranked.topk(k, dim=1).indices  # (M, k)
-    top_s, top_u = scores.gather(1, top_i), ious.gather(1, top_i)  # (M, k)
-    pos = torch.arange(k, device=n.device)[None, :]  # (1, k)
+    scores, ious, _, n = inst
+    a = scores.shape[1]
+    top_s, top_u, valid = top_attributed(inst, max(topk_pcc, topk_iou))  # (M, k)
     kp, ki = min(topk_pcc, a), min(topk_iou, a)
-    in_pcc = pos[:, :kp] < n[:, None]  # (M, kp)
-    r, defined = _pearson(top_s[:, :kp], top_u[:, :kp], in_pcc)
-    rho, _ = _pearson(_ranks(top_s[:, :kp], in_pcc), _ranks(top_u[:, :kp], in_pcc), in_pcc)
-    in_iou = (pos[:, :ki] < n[:, None]).double()  # (M, ki)
+    in_pcc = valid[:, :kp]  # (M, kp)
+    r, defined = row_pearson(top_s[:, :kp], top_u[:, :kp], in_pcc)
+    rho, _ = row_pearson(row_ranks(top_s[:, :kp], in_pcc), row_ranks(top_u[:, :kp], in_pcc), in_pcc)
+    in_iou = valid[:, :ki].double()  # (M, ki)
     top10 = (top_u[:, :ki].double() * in_iou).sum(1) / in_iou.sum(1).clamp(min=1)  # (M,)
 
     img_s, img_i = scores.topk(kp, dim=1)  # whole-image reading: every anchor, by score
-    r_img, def_img = _pearson(img_s, ious.gather(1, img_i))
+    r_img, def_img = row_pearson(img_s, ious.gather(1, img_i))
     return AlignmentSums(
         pcc_sum=float(r[defined].sum()),
         spearman_sum=float(rho[defined].sum()),
         n_pcc=int(defined.sum()),
         iou_sum=float(top10.sum()),
-        n_instances=int(img.numel()),
+        n_instances=int(n.numel()),
         n_sum=int(n.sum()),
         pcc_image_sum=float(r_img[def_img].sum()),
         n_pcc_image=int(def_img.sum()),

@@ -1,0 +1,147 @@
+"""Why a study's PCC ranks its rows as it does: the measures of ``tood.eval.diagnostics`` on
+the final checkpoints of a launch, per row and seed, with paired differences to the first row.
+
+``python -m reports.alignment_diagnostics experiments/table6_alignment.yaml --storage runs/ray
+--out reports_out/alignment_diagnostics`` finds each (row, seed) of the grid by its trial key
+among the Tune trials under ``--storage`` (every launch folder in it, so trials reused from an
+earlier launch are found too), evaluates its last checkpoint on the validation split and writes
+``<out>.json`` (every trial) and ``<out>.md`` (mean and 95% interval per row; paired
+difference to the grid's first row). Trials without a checkpoint are listed as missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from orchestration.grid import TrialSpec, expand_grid
+from orchestration.suite import trial_key
+from orchestration.tracking import git_commit
+from reports.compute import machine
+from reports.stats import LEVEL, difference, mean_interval
+from tood.boxes import clip_boxes
+from tood.build import model_from_checkpoint
+from tood.config import ConfigError, build_config
+from tood.data.loaders import build_loader
+from tood.eval.alignment import instance_predictions
+from tood.eval.diagnostics import DiagnosticsAccumulator
+from tood.evaluate import predict
+from tood.postprocess import detection_scores
+
+# Columns of the Markdown table, in order (the JSON has every measure).
+SHOWN = ("PCC@5", "PCC@10", "PCC@20", "PCC@50", "spearman@50", "concordance@50", "top1_iou", "regret",
+         "n_good", "n_confident", "good_suppressed", "PCC@50_cls_only")
+
+
+def checkpoints_by_key(storage: Path) -> dict[str, Path]:
+    """Trial key -> the latest ``last.pt`` of a Tune trial under ``storage`` (any launch folder)."""
+    found: dict[str, Path] = {}
+    for params in sorted(storage.glob("**/trial_*/params.json")):
+        try:
+            key = json.loads(params.read_text())["trial"]["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a tood-ablate trial
+        ckpts = sorted(params.parent.glob("checkpoint_*/last.pt"))
+        if ckpts:
+            found[key] = ckpts[-1]
+    return found
+
+
+@torch.no_grad()
+def diagnose(spec: TrialSpec, checkpoint: Path, threads: int) -> dict[str, float]:
+    """The diagnostics of one trial's checkpoint on the validation split; ``*_cls_only``: the
+    same with the classification score alone where the score has a centerness factor."""
+    torch.set_num_threads(threads)
+    cfg = build_config(spec.config, f"{spec.grid_file}: {spec.name}")
+    model, device, _ = model_from_checkpoint(cfg, checkpoint)
+    acc, acc_cls = DiagnosticsAccumulator(), DiagnosticsAccumulator()
+    for batch, outputs, _ in predict(model, build_loader(cfg, train=False), cfg, device, progress=False):
+        boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
+        gts = (batch.gt_boxes, batch.gt_labels, batch.gt_mask)
+        acc.update(instance_predictions(detection_scores(outputs), boxes, *gts))
+        if outputs.get("centerness") is not None:
+            acc_cls.update(instance_predictions(outputs["cls_logits"].float().sigmoid(), boxes, *gts))
+    result = acc.result()
+    cls_only = acc_cls.result() if acc_cls.sums else result  # no centerness: the same score
+    result.update({f"{k}_cls_only": v for k, v in cls_only.items() if k.startswith("PCC@")})
+    return result
+
+
+def markdown(trials: list[dict], measures: tuple[str, ...] = SHOWN) -> str:
+    """Per row: mean [95% interval] over seeds; then each row minus the first row, paired per seed."""
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    for t in trials:
+        if t.get("measures"):
+            rows.setdefault(t["row"], {})[t["seed"]] = t["measures"]
+    fmt = lambda v: "" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
+    head = "| row | seeds | " + " | ".join(measures) + " |\n|---|---|" + "---|" * len(measures) + "\n"
+    lines = ["## Per row: mean [95% t-interval over seeds]\n", head]
+    for label, by_seed in rows.items():
+        cells = []
+        for m in measures:
+            mean, lo, hi = mean_interval([v[m] for v in by_seed.values() if not math.isnan(v.get(m, math.nan))] or [math.nan])
+            cells.append(fmt(mean) + ("" if math.isnan(lo) else f" [{fmt(lo)}, {fmt(hi)}]"))
+        lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |\n")
+    if len(rows) > 1:
+        ref_label, ref = next(iter(rows.items()))
+        lines += [f"\n## Minus {ref_label}, paired per seed: mean [{LEVEL:.0%} interval]\n", head]
+        for label, by_seed in list(rows.items())[1:]:
+            cells = []
+            for m in measures:
+                d = difference({s: v.get(m, math.nan) for s, v in by_seed.items()}, {s: v.get(m, math.nan) for s, v in ref.items()})
+                cells.append(f"{d.mean:+.3f}" + ("" if math.isnan(d.lo) else f" [{d.lo:+.3f}, {d.hi:+.3f}]"))
+            lines.append(f"| {label} | {len(by_seed)} | " + " | ".join(cells) + " |\n")
+    return "".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m reports.alignment_diagnostics", description=__doc__.splitlines()[0])
+    p.add_argument("grid", help="grid file whose rows to diagnose, e.g. experiments/table6_alignment.yaml")
+    p.add_argument("--storage", required=True, help="Tune storage folder of the launches (tood-ablate run --storage-path)")
+    p.add_argument("--profile", default="proxy")
+    p.add_argument("--seeds", help="comma-separated seeds replacing the grid's")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
+    p.add_argument("--out", required=True, help="output path without suffix; writes <out>.json and <out>.md")
+    args = p.parse_args(argv)
+    storage = Path(args.storage)
+    if not storage.is_dir():
+        print(f"error: --storage {storage}: not a folder (expected a Tune storage folder with trial_*/params.json)", file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+        specs = expand_grid(args.grid, profile=args.profile, seeds=seeds)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    found = checkpoints_by_key(storage)
+    trials = []
+    for spec in specs:
+        key = trial_key(spec.config)
+        entry = {"row": spec.row_label, "seed": spec.seed, "trial_key": key, "checkpoint": str(found.get(key, ""))}
+        if key in found:
+            entry["measures"] = diagnose(spec, found[key], args.threads)
+            print(f"{spec.row_label}, seed {spec.seed}: PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
+        else:
+            print(f"{spec.row_label}, seed {spec.seed}: no checkpoint under {storage} (trial key {key})", flush=True)
+        trials.append(entry)
+    m = machine()
+    header = {"command": "python -m reports.alignment_diagnostics " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "git_commit": git_commit(), "machine": f"{m.cpu}, {m.cores} logical cores, GPU {m.gpu}",
+              "grid": str(args.grid), "storage": str(storage)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({**header, "trials": trials}, indent=1, allow_nan=True))
+    intro = (f"# Alignment diagnostics: {Path(args.grid).stem}\n\n" + "".join(f"- {k}: `{v}`\n" for k, v in header.items())
+             + "\nMeasures: see `tood/eval/diagnostics.py`. Missing trials: "
+             + str(sum("measures" not in t for t in trials)) + "\n\n")
+    out.with_suffix(".md").write_text(intro + markdown(trials))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
