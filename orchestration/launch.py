@@ -248,8 +248,12 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
 
     from orchestration.tracking import reopen_parent
 
+    from orchestration import preflight
+
     info = load_launch(name, storage_path)
+    preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     opts = LaunchOptions(**info["options"])
+    preflight.check_ray_address(address or opts.address)
     if quiet is not None:
         opts.quiet = info["options"]["quiet"] = quiet
     path = Path(info["path"])
@@ -270,7 +274,10 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
 
     from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
 
+    from orchestration import preflight
+
     info = load_launch(name, storage_path)
+    preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     client = MlflowClient(info["tracking_uri"])
     statuses = [client.get_run(p).info.status for p in _parents(info)]
     info["parent_status"] = statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)

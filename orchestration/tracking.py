@@ -139,6 +139,18 @@ def mask_secrets(params: dict[str, Any]) -> dict[str, Any]:
     return {k: MASK if is_secret_name(k) else v for k, v in params.items()}
 
 
+def mask_nested(data: Any, prefix: str = "") -> Any:
+    """A copy of a nested mapping (a config) with every secret-looking dotted name masked, so
+    the config.yaml artifact says no more than the params do."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for k, v in data.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        out[k] = MASK if is_secret_name(name) and not isinstance(v, dict) else mask_nested(v, name)
+    return out
+
+
 def enable_wal(tracking_uri: str) -> None:
     """Put a sqlite store in WAL mode (persistent in the file): readers no longer block the
     writer, so concurrent trials wait less on "database is locked" (MLflow itself sets a
@@ -211,7 +223,7 @@ def finish_trial(client: MlflowClient, run_id: str, config: dict, metrics: dict[
     (a trial resumed from its last checkpoint logged them before), status FINISHED."""
     logged = retry(client.get_run, run_id).data
     log_metrics(client, run_id, {k: v for k, v in metrics.items() if k not in logged.metrics and k != "epoch"}, step)
-    _log_yaml(client, run_id, "config.yaml", config)
+    _log_yaml(client, run_id, "config.yaml", mask_nested(config))
     _log_yaml(client, run_id, "metrics.json", metrics)
     if checkpoint is not None:
         retry(client.log_artifact, run_id, str(checkpoint), "checkpoint")

@@ -144,6 +144,19 @@ def ablate(*args: str, expect: list[str]) -> Callable[[Path], Case]:
     return make
 
 
+def launch_record(command: str) -> Callable[[Path], Case]:
+    """A launch record whose MLflow server is gone: ``resume`` / ``status`` must say so up front."""
+    def make(tmp: Path) -> Case:
+        uri = f"http://127.0.0.1:{_free_port()}"
+        folder = tmp / "ray" / "old"
+        folder.mkdir(parents=True)
+        (folder / "tood_launch.json").write_text(json.dumps({"name": "old", "path": str(folder), "tracking_uri": uri,
+                                                              "options": {}, "studies": []}))
+        return Case([str(BIN / "tood-ablate"), command, "old", "--storage-path", str(tmp / "ray")],
+                    [f"launch 'old': tracking URI {uri}", f"no MLflow server answers at {uri}/health"])
+    return make
+
+
 def _checkpoint(tmp: Path, state: object | None, text: bytes | None = None) -> Path:
     path = tmp / "model.pt"
     if text is not None:
@@ -228,6 +241,8 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "flag-set-out-of-range": ablate("--set", "criterion.alpha=-1", expect=["--set: criterion.alpha: got -1.0 (expected a number >= 0)"]),
     "flag-detect-score-thr": lambda tmp: Case([str(BIN / "tood"), "detect", str(BASE), str(tmp / "x.pt"), str(tmp / "x.png"), "--profile", "proxy", "--score-thr", "2"],
                                               ["--score-thr: test.score_thr: got 2.0 (expected a number in [0, 1])"]),
+    "resume-tracking-unreachable": launch_record("resume"),
+    "status-tracking-unreachable": launch_record("status"),
     "flag-report-out-unwritable": lambda tmp: Case([str(BIN / "tood-ablate"), "report", "smoke", "--out", str(tmp / "file/out"), "--tracking-uri", f"sqlite:///{tmp / 'mlruns.db'}"],
                                                    [f"--out {tmp / 'file/out'}: not writable", "is not a folder"], [tmp / "mlruns.db"]),
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.tracking import MASK, is_secret_name, mask_secrets, retry
+from orchestration.tracking import MASK, is_secret_name, mask_nested, mask_secrets, retry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_secret_names_are_masked(name):
     assert is_secret_name(name)
     assert mask_secrets({name: "hunter2", "train.lr": 0.01}) == {name: MASK, "train.lr": 0.01}
+    *parents, leaf = name.split(".")  # the same name nested, as in the config.yaml artifact
+    nested: dict = {leaf: "hunter2"}
+    for p in reversed(parents):
+        nested = {p: nested}
+    assert mask_nested({"train": {"lr": 0.01}, **nested}) == {"train": {"lr": 0.01}, **_replace_leaf(nested, MASK)}
+
+
+def _replace_leaf(d: dict, value):
+    return {k: _replace_leaf(v, value) if isinstance(v, dict) else value for k, v in d.items()}
 
 
 @pytest.mark.parametrize("name", ["criterion.topk", "criterion.atss_topk", "trial_key", "tood.trial_key", "keypoints",
