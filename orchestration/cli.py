@@ -1,4 +1,4 @@
-"""The ``tood-ablate`` command line over :mod:`orchestration.launch` (run, resume, status, report)."""
+"""The ``tood-ablate`` command line over :mod:`orchestration.launch` (run, resume, status, report, diagnose)."""
 from __future__ import annotations
 
 import argparse
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--address", help="Ray cluster to join (default: the launch's)")
             s.add_argument("--quiet", action="store_true", default=None)
     sub.add_parser("report", help="tables, plots and HTML from MLflow (`tood-ablate report --help`)", add_help=False)
+    sub.add_parser("diagnose", help="PCC diagnostics of a grid's checkpoints (`tood-ablate diagnose --help`)", add_help=False)
     return p
 
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from reports.render import main as report_main
 
         return report_main(argv[1:]) or 0
+    if argv[:1] == ["diagnose"]:
+        from reports.alignment_diagnostics import main as diagnose_main
+
+        return diagnose_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":

@@ -1,8 +1,8 @@
 """Why a study's PCC ranks its rows as it does: the measures of ``tood.eval.diagnostics`` on
 the final checkpoints of a launch, per row and seed, with paired differences to the first row.
 
-``python -m reports.alignment_diagnostics experiments/table6_alignment.yaml --storage runs/ray
---out reports_out/alignment_diagnostics`` finds each (row, seed) of the grid by its trial key
+``tood-ablate diagnose experiments/table6_alignment.yaml [--storage runs/ray] --out
+reports_out/alignment_diagnostics`` (or ``python -m reports.alignment_diagnostics``) finds each (row, seed) of the grid by its trial key
 among the Tune trials under ``--storage`` (every launch folder in it, so trials reused from an
 earlier launch are found too), evaluates its last checkpoint on the validation split and writes
 ``<out>.json`` (every trial) and ``<out>.md`` (mean and 95% interval per row; paired
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from orchestration.grid import TrialSpec, expand_grid
+from orchestration.preflight import check_writable
 from orchestration.suite import trial_key
 from orchestration.tracking import git_commit
 from reports.compute import machine
@@ -99,9 +100,9 @@ def markdown(trials: list[dict], measures: tuple[str, ...] = SHOWN) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reports.alignment_diagnostics", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="tood-ablate diagnose", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid file whose rows to diagnose, e.g. experiments/table6_alignment.yaml")
-    p.add_argument("--storage", required=True, help="Tune storage folder of the launches (tood-ablate run --storage-path)")
+    p.add_argument("--storage", default="runs/ray", help="Tune storage folder of the launches (as `tood-ablate run --storage-path`; default runs/ray)")
     p.add_argument("--profile", default="proxy")
     p.add_argument("--seeds", help="comma-separated seeds replacing the grid's")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
@@ -113,27 +114,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        print(f"error: --seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)", file=sys.stderr)
+        return 2
+    try:
         specs = expand_grid(args.grid, profile=args.profile, seeds=seeds)
-    except (ConfigError, ValueError) as e:
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     found = checkpoints_by_key(storage)
+    keys = [trial_key(spec.config) for spec in specs]
+    if not set(keys) & set(found):
+        print(f"error: --storage {storage}: no checkpoint of any of the {len(specs)} trials of {args.grid} "
+              f"(expected the storage folder of a launch that ran them, with its trial_*/checkpoint_*/last.pt)", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    try:
+        check_writable(out.parent, "--out")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     trials = []
-    for spec in specs:
-        key = trial_key(spec.config)
+    for spec, key in zip(specs, keys):
         entry = {"row": spec.row_label, "seed": spec.seed, "trial_key": key, "checkpoint": str(found.get(key, ""))}
         if key in found:
-            entry["measures"] = diagnose(spec, found[key], args.threads)
-            print(f"{spec.row_label}, seed {spec.seed}: PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
+            try:
+                entry["measures"] = diagnose(spec, found[key], args.threads)
+                print(f"{spec.row_label}, seed {spec.seed}: PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
+            except ConfigError as e:  # e.g. a checkpoint that does not fit the grid's model
+                entry["error"] = str(e)
+                print(f"{spec.row_label}, seed {spec.seed}: skipped: {e}", file=sys.stderr, flush=True)
         else:
             print(f"{spec.row_label}, seed {spec.seed}: no checkpoint under {storage} (trial key {key})", flush=True)
         trials.append(entry)
     m = machine()
-    header = {"command": "python -m reports.alignment_diagnostics " + " ".join(argv if argv is not None else sys.argv[1:]),
+    header = {"command": "tood-ablate diagnose " + " ".join(argv if argv is not None else sys.argv[1:]),
               "git_commit": git_commit(), "machine": f"{m.cpu}, {m.cores} logical cores, GPU {m.gpu}",
               "grid": str(args.grid), "storage": str(storage)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({**header, "trials": trials}, indent=1, allow_nan=True))
     intro = (f"# Alignment diagnostics: {Path(args.grid).stem}\n\n" + "".join(f"- {k}: `{v}`\n" for k, v in header.items())
              + "\nMeasures: see `tood/eval/diagnostics.py`. Missing trials: "

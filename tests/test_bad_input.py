@@ -243,6 +243,11 @@ CASES: dict[str, Callable[[Path], Case]] = {
                                               ["--score-thr: test.score_thr: got 2.0 (expected a number in [0, 1])"]),
     "resume-tracking-unreachable": launch_record("resume"),
     "status-tracking-unreachable": launch_record("status"),
+    "diagnose-no-checkpoints": lambda tmp: Case([str(BIN / "tood-ablate"), "diagnose", str(SMOKE), "--storage", str(tmp), "--out", str(tmp / "diag")],
+                                                [f"--storage {tmp}: no checkpoint of any of the", "smoke.yaml", "expected the storage folder of a launch"],
+                                                [tmp / "diag.json", tmp / "diag.md"]),
+    "diagnose-bad-seeds": lambda tmp: Case([str(BIN / "tood-ablate"), "diagnose", str(SMOKE), "--storage", str(tmp), "--seeds", "a", "--out", str(tmp / "diag")],
+                                           ["--seeds: got 'a' (expected comma-separated integers"], [tmp / "diag.json"]),
     "flag-report-out-unwritable": lambda tmp: Case([str(BIN / "tood-ablate"), "report", "smoke", "--out", str(tmp / "file/out"), "--tracking-uri", f"sqlite:///{tmp / 'mlruns.db'}"],
                                                    [f"--out {tmp / 'file/out'}: not writable", "is not a folder"], [tmp / "mlruns.db"]),
 }

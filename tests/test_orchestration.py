@@ -155,6 +155,17 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
     assert status.returncode == 0 and "parent FINISHED, 2 trials" in status.stdout
     assert status.stdout.count("FINISHED  head=") == 2 and "epoch   2" in status.stdout
 
+    # the PCC diagnostics re-evaluate the launch's checkpoints: their PCC@50 is the PCC the trial logged
+    diag = subprocess.run(_cli("diagnose", str(SMOKE), "--storage", str(launch.path / "ray"), "--out", str(launch.path / "diag")),
+                          cwd=launch.path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert diag.returncode == 0, diag.stderr[-3000:]
+    trials = {(t["row"], t["seed"]): t for t in json.loads((launch.path / "diag.json").read_text())["trials"]}
+    for name, run in children.items():
+        measures = trials[(specs[name].row_label, 0)]["measures"]
+        assert measures["PCC@50"] == pytest.approx(run.data.metrics["PCC"], abs=1e-6)
+        assert measures["spearman@50"] == pytest.approx(run.data.metrics["PCC_spearman"], abs=1e-6)
+    assert "| T-head + TAL | 1 |" in (launch.path / "diag.md").read_text()
+
     again = subprocess.run(_cli("run", str(SMOKE), "--name", "e2e", "--storage-path", str(launch.path / "ray"), "--tracking-uri",
                                 launch.uri), cwd=launch.path, env=_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "a launch named 'e2e' exists" in again.stderr
