@@ -15,6 +15,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,15 +27,15 @@ from reports.compute import machine
 from reports.stats import LEVEL, difference, mean_interval
 from tood.boxes import clip_boxes
 from tood.build import model_from_checkpoint
-from tood.config import ConfigError, build_config
+from tood.config import ConfigError, build_config, parse_override
 from tood.data.loaders import build_loader
 from tood.eval.alignment import instance_predictions
 from tood.eval.diagnostics import DiagnosticsAccumulator
-from tood.evaluate import predict
+from tood.evaluate import evaluate
 from tood.postprocess import detection_scores
 
 # Columns of the Markdown table, in order (the JSON has every measure).
-SHOWN = ("PCC@5", "PCC@10", "PCC@20", "PCC@50", "spearman@50", "concordance@50", "top1_iou", "regret",
+SHOWN = ("AP", "PCC@5", "PCC@10", "PCC@20", "PCC@50", "spearman@50", "concordance@50", "top1_iou", "regret",
          "n_good", "n_confident", "good_suppressed", "PCC@50_cls_only")
 
 
@@ -52,24 +53,28 @@ def checkpoints_by_key(storage: Path) -> dict[str, Path]:
     return found
 
 
-@torch.no_grad()
-def diagnose(spec: TrialSpec, checkpoint: Path, threads: int) -> dict[str, float]:
-    """The diagnostics of one trial's checkpoint on the validation split; ``*_cls_only``: the
-    same with the classification score alone where the score has a centerness factor."""
+def diagnose(spec: TrialSpec, checkpoint: Path, threads: int, eval_overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """The diagnostics and the evaluation metrics (AP, PCC, ...) of one trial's checkpoint on
+    the validation split of its config, with ``eval_overrides`` (e.g. another data.root)
+    applied; ``PCC@k_cls_only``: PCC with the classification score alone where the score
+    has a centerness factor."""
     torch.set_num_threads(threads)
-    cfg = build_config(spec.config, f"{spec.grid_file}: {spec.name}")
+    cfg = build_config(spec.config, f"{spec.grid_file}: {spec.name}", overrides=eval_overrides)
     model, device, _ = model_from_checkpoint(cfg, checkpoint)
     acc, acc_cls = DiagnosticsAccumulator(), DiagnosticsAccumulator()
-    for batch, outputs, _ in predict(model, build_loader(cfg, train=False), cfg, device, progress=False):
+
+    def measure(batch, outputs: dict) -> None:
         boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
         gts = (batch.gt_boxes, batch.gt_labels, batch.gt_mask)
         acc.update(instance_predictions(detection_scores(outputs), boxes, *gts))
         if outputs.get("centerness") is not None:
             acc_cls.update(instance_predictions(outputs["cls_logits"].float().sigmoid(), boxes, *gts))
+
+    metrics = evaluate(model, build_loader(cfg, train=False), cfg, device, progress=False, on_batch=measure)
     result = acc.result()
     cls_only = acc_cls.result() if acc_cls.sums else result  # no centerness: the same score
     result.update({f"{k}_cls_only": v for k, v in cls_only.items() if k.startswith("PCC@")})
-    return result
+    return {**{k: float(v) for k, v in metrics.items()}, **result}
 
 
 def markdown(trials: list[dict], measures: tuple[str, ...] = SHOWN) -> str:
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="proxy")
     p.add_argument("--seeds", help="comma-separated seeds replacing the grid's")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
+    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the evaluation only (trials are still found by their trained config), "
+                        "e.g. data.root=other/split --eval-set data.synthetic=null")
     p.add_argument("--out", required=True, help="output path without suffix; writes <out>.json and <out>.md")
     args = p.parse_args(argv)
     storage = Path(args.storage)
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         specs = expand_grid(args.grid, profile=args.profile, seeds=seeds)
+        eval_overrides = dict(parse_override(o) for o in args.eval_set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -139,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = {"row": spec.row_label, "seed": spec.seed, "trial_key": key, "checkpoint": str(found.get(key, ""))}
         if key in found:
             try:
-                entry["measures"] = diagnose(spec, found[key], args.threads)
-                print(f"{spec.row_label}, seed {spec.seed}: PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
+                entry["measures"] = diagnose(spec, found[key], args.threads, eval_overrides)
+                print(f"{spec.row_label}, seed {spec.seed}: AP {entry['measures']['AP']:.1f}, PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
             except ConfigError as e:  # e.g. a checkpoint that does not fit the grid's model
                 entry["error"] = str(e)
                 print(f"{spec.row_label}, seed {spec.seed}: skipped: {e}", file=sys.stderr, flush=True)
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     m = machine()
     header = {"command": "tood-ablate diagnose " + " ".join(argv if argv is not None else sys.argv[1:]),
               "git_commit": git_commit(), "machine": f"{m.cpu}, {m.cores} logical cores, GPU {m.gpu}",
-              "grid": str(args.grid), "storage": str(storage)}
+              "grid": str(args.grid), "storage": str(storage), "eval_overrides": eval_overrides}
     out.with_suffix(".json").write_text(json.dumps({**header, "trials": trials}, indent=1, allow_nan=True))
     intro = (f"# Alignment diagnostics: {Path(args.grid).stem}\n\n" + "".join(f"- {k}: `{v}`\n" for k, v in header.items())
              + "\nMeasures: see `tood/eval/diagnostics.py`. Missing trials: "

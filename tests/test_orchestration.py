@@ -162,6 +162,7 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
     trials = {(t["row"], t["seed"]): t for t in json.loads((launch.path / "diag.json").read_text())["trials"]}
     for name, run in children.items():
         measures = trials[(specs[name].row_label, 0)]["measures"]
+        assert measures["AP"] == pytest.approx(run.data.metrics["AP"], abs=1e-6)
         assert measures["PCC@50"] == pytest.approx(run.data.metrics["PCC"], abs=1e-6)
         assert measures["spearman@50"] == pytest.approx(run.data.metrics["PCC_spearman"], abs=1e-6)
     assert "| T-head + TAL | 1 |" in (launch.path / "diag.md").read_text()

@@ -1,6 +1,8 @@
 """Evaluation loop: COCO AP on the dataset's own json plus the Table 6 alignment measures."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -35,15 +37,19 @@ def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, p
         model.train(was_training)
 
 
-def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True,
+             on_batch: Callable[[Any, dict], None] | None = None) -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl (0-100) and, if ``cfg.test.alignment``, PCC,
-    top10_iou, n_correct, n_redundant, n_error over the whole ``loader``."""
+    top10_iou, n_correct, n_redundant, n_error over the whole ``loader``. ``on_batch(batch,
+    outputs)`` sees each batch's raw model outputs too (extra measures in the same pass)."""
     dataset = loader.dataset
     results: list[dict] = []
     align = AlignmentAccumulator() if cfg.test.alignment else None
     for batch, outputs, dets in predict(model, loader, cfg, device, progress):
         for det, image_id in zip(dets, batch.image_ids):
             results += detections_to_coco(det.boxes, det.scores, det.labels, [image_id] * len(det.scores), dataset.cat_ids)
+        if on_batch is not None:
+            on_batch(batch, outputs)
         if align is not None:
             # GTs back to original pixels so that the post-NMS counts compare like with like.
             gt_orig = batch.gt_boxes / batch.scale_factors[:, None, :].repeat(1, 1, 2)
