@@ -6,6 +6,7 @@
 #   scripts/publish_results.sh STORE_DB STORAGE LAUNCH OUT "COMMAND THAT RAN THE LAUNCH"
 # e.g. scripts/publish_results.sh runs/mlruns.db runs/ray suite reports/results/proxy \
 #        "tood-ablate run --all --profile proxy --cpus-per-trial 1 --name suite"
+# DIAGNOSE="table6_alignment" limits the PCC diagnostics (~10 s a checkpoint) to those grids.
 set -euo pipefail
 if [ $# -ne 5 ]; then
     sed -n 2,8p "$0" >&2
@@ -24,7 +25,7 @@ cd "$root"
 "$py" -m reports.export --all --out "$out/per_seed.csv" --tracking-uri "$uri" --header "command: $command"
 "$py" benchmarks/bench_suite.py "$launch" --storage-path "$storage" > /dev/null
 cp "benchmarks/results/bench_suite_$launch.json" "$out/suite_packing.json"
-for grid in table6_alignment table4_alpha_beta topm; do
+for grid in ${DIAGNOSE-table6_alignment table4_alpha_beta topm}; do  # DIAGNOSE="": none
     "$py" -m orchestration.launch diagnose "experiments/$grid.yaml" --storage "$storage" --out "$out/alignment_diagnostics_$grid"
 done
 # sqlite's online backup: consistent even while a WAL-mode store is being written; the copy is
