@@ -3,7 +3,8 @@
 A trial's **key** is a hash of everything that changes its result: the resolved model,
 criterion, train, data and test config (the seed is ``train.seed``) and :data:`KEY_VERSION`.
 Left out: the config's ``name`` and the data-loader ``train.workers`` (neither changes a
-number), and the *paths* of data that the config itself describes -- ``data.root`` when
+number), the criterion fields the trial's assignment scheme does not read (FCOS's size ranges
+in an ATSS trial; :func:`tood.build.unused_criterion_fields`), and the *paths* of data that the config itself describes -- ``data.root`` when
 ``data.synthetic`` gives the generator recipe, ``model.backbone.pretrained`` when
 ``model.backbone.pretrain`` gives the pre-training recipe (the recipe is in the key, and a
 file made by another recipe is an error, never used). Study, row label, run names and output
@@ -20,7 +21,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-KEY_VERSION = "2"  # 2: per-instance PCC, boxes clipped before NMS, no ReLU before P7
+from tood.build import SCHEME_FIELDS, unused_criterion_fields
+
+# 2: per-instance PCC, boxes clipped before NMS, no ReLU before P7; 3: criterion fields the
+# trial's assignment scheme does not read are left out (tood.build.unused_criterion_fields)
+KEY_VERSION = "3"
 
 
 def trial_key(config: dict[str, Any]) -> str:
@@ -33,6 +38,10 @@ def trial_key(config: dict[str, Any]) -> str:
         data.pop("root", None)
     if backbone.get("pretrain") is not None:
         backbone.pop("pretrained", None)
+    criterion = cfg.get("criterion", {})
+    if criterion.get("assigner") in SCHEME_FIELDS:
+        for name in unused_criterion_fields(criterion["assigner"]):
+            criterion.pop(name, None)
     text = json.dumps({"version": KEY_VERSION, "config": cfg}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

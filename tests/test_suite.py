@@ -6,6 +6,7 @@ The end-to-end tests run the real ``tood-ablate`` CLI on local Ray with a sqlite
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import signal
 import time
@@ -17,6 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.grid import expand_grid
 from orchestration.suite import eta_seconds, estimated_cost, schedule, trial_key, unique_trials
+from tood.build import SCHEME_FIELDS, build_criterion, unused_criterion_fields
+from tood.config import build_config
 from tests.test_orchestration import SMOKE, _study_runs, launch  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +51,7 @@ def test_trial_key_ignores_names_and_described_paths_but_not_values():
     renamed["data"]["root"] = "/somewhere/else"  # the synthetic recipe describes the data
     renamed["model"]["backbone"]["pretrained"] = "/other/file.pth"  # ... and the pre-training recipe the weights
     assert trial_key(renamed) == key
-    for section, name, value in [("train", "lr", 0.123), ("train", "seed", 5), ("criterion", "beta", 4.0), ("test", "nms_iou", 0.5)]:
+    for section, name, value in [("train", "lr", 0.123), ("train", "seed", 5), ("criterion", "atss_topk", 5), ("test", "nms_iou", 0.5)]:
         changed = copy.deepcopy(cfg)
         changed[section][name] = value
         assert trial_key(changed) != key, f"{section}.{name} must change the key"
@@ -57,6 +60,37 @@ def test_trial_key_ignores_names_and_described_paths_but_not_values():
     moved = copy.deepcopy(real)
     moved["data"]["root"] = "/data/coco2"
     assert trial_key(real) != trial_key(moved)
+
+
+PERTURBED = {"warmup_epochs": 2, "topk": 5, "alpha": 0.5, "beta": 4.0, "conflict": "min_area", "atss_topk": 5,
+             "center_radius": 2.5, "center_scale_factor": 0.5, "fovea_sigma": 0.3}
+
+
+def _describe(obj):
+    """A criterion as plain data: dataclass fields and object attributes, recursively."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _describe(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if hasattr(obj, "__dict__"):
+        return {"type": type(obj).__name__, **{k: _describe(v) for k, v in vars(obj).items()}}
+    if isinstance(obj, (list, tuple)):
+        return [_describe(x) for x in obj]
+    return obj
+
+
+@pytest.mark.parametrize("assigner", sorted(SCHEME_FIELDS))
+def test_key_leaves_out_exactly_the_criterion_fields_a_scheme_does_not_read(assigner):
+    cfg = expand_grid(SMOKE)[0].config
+    cfg["criterion"]["assigner"] = assigner
+    base, key = _describe(build_criterion(build_config(cfg, "base"))), trial_key(cfg)
+    assert set(PERTURBED) == {f for fields in SCHEME_FIELDS.values() for f in fields}
+    for name, value in PERTURBED.items():
+        changed = copy.deepcopy(cfg)
+        changed["criterion"][name] = value
+        built = _describe(build_criterion(build_config(changed, name)))
+        if name in unused_criterion_fields(assigner):
+            assert built == base and trial_key(changed) == key, f"{assigner}: {name} is read after all"
+        else:
+            assert built != base and trial_key(changed) != key, f"{assigner}: {name} changes nothing"
 
 
 def test_rows_shared_by_studies_are_one_trial(tmp_path):

@@ -41,6 +41,26 @@ def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> Detector:
     return Detector(backbone, neck, head, strides=tuple(cfg.strides))
 
 
+# The criterion fields only some assignment schemes read (see _assigner and build_criterion);
+# every other CriterionConfig field (assigner, cls_target, box_weight, reg_weight) shapes every
+# criterion. tests/test_suite.py checks that a field outside a scheme's set leaves its
+# criterion unchanged.
+SCHEME_FIELDS = {
+    "tal": ("warmup_epochs", "topk", "alpha", "beta", "conflict", "atss_topk"),  # atss_topk: the ATSS warm-up
+    "atss": ("atss_topk",),
+    "max_iou": (),
+    "center_sampling": ("center_radius", "center_scale_factor"),
+    "fovea": ("fovea_sigma", "center_scale_factor"),
+}
+
+
+def unused_criterion_fields(assigner: str) -> tuple[str, ...]:
+    """CriterionConfig fields that do not affect the criterion of scheme ``assigner`` (a trial
+    key leaves them out, so that e.g. FCOS's size ranges do not tell two ATSS trials apart)."""
+    scheme_specific = {f for fields in SCHEME_FIELDS.values() for f in fields}
+    return tuple(sorted(scheme_specific - set(SCHEME_FIELDS[assigner])))
+
+
 def _assigner(name: str, num_classes: int, c: CriterionConfig):
     if name == "tal":
         return TaskAlignedAssigner(num_classes, topk=c.topk, alpha=c.alpha, beta=c.beta, conflict=c.conflict)

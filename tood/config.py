@@ -84,7 +84,7 @@ class CriterionConfig:
     box_weight: Literal["auto", "none", "centerness", "target", "max_score"] = "auto"  # max_score: GFL's weighting
     reg_weight: float = 2.0
     center_radius: float = 1.5
-    center_scale_factor: float = 1.0  # scales the FCOS and FoveaBox per-level size ranges (small proxy images)
+    center_scale_factor: float = 1.0  # scales the FCOS and FoveaBox per-level size ranges (pixels, like the strides)
     fovea_sigma: float = 0.4  # FoveaBox: the positive region is sigma x the GT around its centre
 
 

@@ -16,7 +16,8 @@ class CenterSamplingAssigner:
     """A prior point is positive for a GT if it lies strictly inside the GT and inside the centre
     region of half-size ``radius * stride`` around the GT centre (clipped to the GT), and the
     largest of its distances (l, t, r, b) to the GT sides lies in its level's range
-    ``scale_ranges[level] * scale_factor`` (``scale_factor`` < 1 for small proxy images).
+    ``scale_ranges[level] * scale_factor`` (pixels, like the strides: change the factor only
+    together with the strides and anchor scales).
     A point claimed by several GTs goes to the smallest-area GT (lower GT index on ties).
     ``scores`` = IoU(predicted box, assigned GT)."""
 
