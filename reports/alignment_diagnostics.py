@@ -25,7 +25,6 @@ from orchestration.suite import trial_key
 from orchestration.tracking import git_commit
 from reports.compute import machine
 from reports.stats import LEVEL, difference, mean_interval
-from tood.boxes import clip_boxes
 from tood.build import model_from_checkpoint
 from tood.config import ConfigError, build_config, parse_override
 from tood.data.loaders import build_loader
@@ -63,8 +62,7 @@ def diagnose(spec: TrialSpec, checkpoint: Path, threads: int, eval_overrides: di
     model, device, _ = model_from_checkpoint(cfg, checkpoint)
     acc, acc_cls = DiagnosticsAccumulator(), DiagnosticsAccumulator()
 
-    def measure(batch, outputs: dict) -> None:
-        boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
+    def measure(batch, outputs: dict, boxes: torch.Tensor) -> None:
         gts = (batch.gt_boxes, batch.gt_labels, batch.gt_mask)
         acc.update(instance_predictions(detection_scores(outputs), boxes, *gts))
         if outputs.get("centerness") is not None:

@@ -38,22 +38,25 @@ def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, p
 
 
 def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True,
-             on_batch: Callable[[Any, dict], None] | None = None) -> dict[str, float]:
+             on_batch: Callable[[Any, dict, torch.Tensor], None] | None = None) -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl (0-100) and, if ``cfg.test.alignment``, PCC,
     top10_iou, n_correct, n_redundant, n_error over the whole ``loader``. ``on_batch(batch,
-    outputs)`` sees each batch's raw model outputs too (extra measures in the same pass)."""
+    outputs, boxes)`` sees each batch's raw model outputs too, with the ``(B, A, 4)`` boxes
+    clipped to the image as the alignment measures use them (extra measures in the same pass)."""
     dataset = loader.dataset
     results: list[dict] = []
     align = AlignmentAccumulator() if cfg.test.alignment else None
     for batch, outputs, dets in predict(model, loader, cfg, device, progress):
         for det, image_id in zip(dets, batch.image_ids):
             results += detections_to_coco(det.boxes, det.scores, det.labels, [image_id] * len(det.scores), dataset.cat_ids)
+        if align is None and on_batch is None:
+            continue
+        boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
         if on_batch is not None:
-            on_batch(batch, outputs)
+            on_batch(batch, outputs, boxes)
         if align is not None:
             # GTs back to original pixels so that the post-NMS counts compare like with like.
             gt_orig = batch.gt_boxes / batch.scale_factors[:, None, :].repeat(1, 1, 2)
-            boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
             align.update_before_nms(detection_scores(outputs), boxes, batch.gt_boxes, batch.gt_labels, batch.gt_mask)
             for b, det in enumerate(dets):
                 m = batch.gt_mask[b]
