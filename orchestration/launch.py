@@ -246,9 +246,8 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     checkpoint in their own MLflow runs; finished trials are not re-run."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import reopen_parent
-
     from orchestration import preflight
+    from orchestration.tracking import reopen_parent
 
     info = load_launch(name, storage_path)
     preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
@@ -272,9 +271,8 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
     """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
-
     from orchestration import preflight
+    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
 
     info = load_launch(name, storage_path)
     preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
