@@ -5,7 +5,9 @@
 For every scheme of Tables 1 and 2 that assigns from the priors alone (ATSS, max-IoU, centre
 sampling, FoveaBox; TAL needs a trained model's predictions and starts from the ATSS
 warm-up), over the first ``--batches`` training batches of the proxy profile: positives per
-object, the share of objects with none, and the share of positives on each FPN level.
+object, the share of objects with none, the share of positives whose prior point lies inside
+their GT (an anchor-free head regresses l, t, r, b >= 0 from that point, so it cannot fit a GT
+that does not hold it) and the share of positives on each FPN level.
 Writes benchmarks/results/probe_assign.json.
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ def probe(config: dict, batches: list, name: str) -> dict:
     h, w = cfg.data.img_scale
     priors = make_priors([(-(-h // s), -(-w // s)) for s in strides], strides)
     assigner = build_criterion(cfg).main.assigner
-    per_gt, levels = [], torch.zeros(len(strides))
+    per_gt, levels, inside = [], torch.zeros(len(strides)), []
     for b in batches:
         n_img, n_pri = b.gt_boxes.shape[0], priors.num_priors
         boxes = priors.anchors[None].expand(n_img, n_pri, 4)  # prior-only schemes do not read them
@@ -54,10 +56,13 @@ def probe(config: dict, batches: list, name: str) -> dict:
         res = assigner(priors, scores, boxes, b.gt_boxes, b.gt_labels, b.gt_mask)
         hits = (res.gt_index[:, :, None] == torch.arange(b.gt_boxes.shape[1])) & res.fg_mask[:, :, None]  # (B, A, G)
         per_gt += hits.sum(1)[b.gt_mask].tolist()
+        pts, tgt = priors.points.expand(n_img, -1, -1)[res.fg_mask], res.boxes[res.fg_mask]  # (P, 2), (P, 4)
+        inside += ((pts > tgt[:, :2]) & (pts < tgt[:, 2:])).all(-1).tolist()
         fg = res.fg_mask.sum(0).float()  # (A,)
         levels += torch.stack([fg[sl].sum() for sl in priors.level_slices()])
     n = len(per_gt)
     return {"objects": n, "positives_per_object": sum(per_gt) / n, "objects_without_positives": sum(v == 0 for v in per_gt) / n,
+            "positives_centre_inside_gt": sum(inside) / max(len(inside), 1),
             "positives_by_level": {f"P{3 + i}": round(float(v / levels.sum().clamp(min=1)), 3) for i, v in enumerate(levels)}}
 
 

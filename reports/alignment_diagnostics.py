@@ -39,16 +39,24 @@ SHOWN = ("AP", "PCC@5", "PCC@10", "PCC@20", "PCC@50", "spearman@50", "concordanc
 
 
 def checkpoints_by_key(storage: Path) -> dict[str, Path]:
-    """Trial key -> the latest ``last.pt`` of a Tune trial under ``storage`` (any launch folder)."""
+    """Trial key -> the latest ``last.pt`` of a Tune trial under ``storage`` (any launch folder).
+
+    A trial is found under the key it recorded and under the key its config has today
+    (``trial_key`` of the recorded config): a trial launched before a key version change, and
+    reused by the tracking store under its new key, is still found.
+    """
     found: dict[str, Path] = {}
     for params in sorted(storage.glob("**/trial_*/params.json")):
         try:
-            key = json.loads(params.read_text())["trial"]["key"]
+            trial = json.loads(params.read_text())["trial"]
+            keys = {trial["key"]}
+            if isinstance(trial.get("config"), dict):
+                keys.add(trial_key(trial["config"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a tood-ablate trial
         ckpts = sorted(params.parent.glob("checkpoint_*/last.pt"))
         if ckpts:
-            found[key] = ckpts[-1]
+            found.update(dict.fromkeys(keys, ckpts[-1]))
     return found
 
 

@@ -117,15 +117,23 @@ def atss_reference(priors, pred_boxes, gts, labels, num_classes, topk=9):
     return result(num_classes, owner, fg, gts, labels, pred_iou_scores(pred_boxes, gts, owner))
 
 
-def max_iou_reference(priors, pred_boxes, gts, labels, num_classes, pos=0.5, neg=0.4, min_pos=0.0, assign_all=True):
-    """RetinaNet max-IoU assignment on anchor boxes; ignored anchors get label -1."""
+def max_iou_reference(priors, pred_boxes, gts, labels, num_classes, pos=0.5, neg=0.4, min_pos=0.0, assign_all=True, inside_gt=True):
+    """RetinaNet max-IoU assignment on anchor boxes; ignored anchors get label -1. With
+    ``inside_gt`` both rules see a GT's IoU only where the anchor centre is more than 0.01 px inside
+    it (0 elsewhere); the ignore band reads the plain best IoU."""
     num_gt, a = len(gts), len(pred_boxes)
     if num_gt == 0:
         return background(num_classes, a)
     ious = torch.stack([box_iou(gts[g : g + 1], priors.anchors)[0] for g in range(num_gt)])  # (G, A)
+    plain_max = ious.max(0).values
+    if inside_gt:
+        x, y = priors.points[:, 0], priors.points[:, 1]
+        for g in range(num_gt):
+            x1, y1, x2, y2 = gts[g]
+            ious[g] *= torch.stack([x - x1, y - y1, x2 - x, y2 - y], 1).min(1).values > 0.01
     max_iou, owner = ious.max(0)
     fg = max_iou >= pos
-    ignore = (max_iou >= neg) & ~fg
+    ignore = (plain_max >= neg) & ~fg
     for g in range(num_gt):  # low-quality matches, later GTs overwrite earlier ones
         best = ious[g].max()
         if best >= min_pos and best > 0:

@@ -104,10 +104,11 @@ def test_atss_matches_reference(seed, snap):
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("assign_all", [True, False])
-def test_max_iou_matches_reference(seed, assign_all):
+@pytest.mark.parametrize("inside_gt", [True, False])
+def test_max_iou_matches_reference(seed, assign_all, inside_gt):
     s, p, gt, lab, m = _random_batch(seed)
-    res = MaxIoUAssigner(C, gt_max_assign_all=assign_all)(PRIORS, s, p, gt, lab, m)
-    _check(res, _refs(max_iou_reference, p, gt, lab, m, assign_all=assign_all))
+    res = MaxIoUAssigner(C, gt_max_assign_all=assign_all, inside_gt=inside_gt)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(max_iou_reference, p, gt, lab, m, assign_all=assign_all, inside_gt=inside_gt))
     assert (res.labels == -1).any() and res.fg_mask.any()
 
 
@@ -254,6 +255,26 @@ def test_max_iou_hand_computed_case():
     assert res.labels.tolist() == [[-1, 1, 2]]
     res = MaxIoUAssigner(2, pos_iou_thr=0.9, neg_iou_thr=0.3, match_low_quality=False)(*args)
     assert res.labels.tolist() == [[-1, -1, 2]]
+
+
+def test_max_iou_inside_gt_hand_computed_case():
+    # anchors 16x16 centred at x = 0, 8, 16 (y = 0); one GT [1, -4, 9, 4] (8 x 8, inside anchor 1's box)
+    # IoU with anchors 0, 1, 2: 7*8/(256+64-56) = .212, 64/256 = .25, 1*8/(256+64-8) = .026
+    # anchor 1 (centre (8, 0)) is inside the GT; anchor 0 (centre (0, 0)) is not
+    priors = make_priors([(1, 3)], strides=(8,), octave_base_scale=2)
+    args = (priors, torch.rand(1, 3, 2), priors.anchors[None], torch.tensor([[[1.0, -4.0, 9.0, 4.0]]]), torch.tensor([[1]]),
+            torch.ones(1, 1, dtype=torch.bool))
+    res = MaxIoUAssigner(2, pos_iou_thr=0.2, neg_iou_thr=0.1)(*args)  # .212 passes the IoU rule, but its centre is outside
+    assert res.labels.tolist() == [[-1, 1, 2]]  # anchor 0 is left to the ignore band (.212 >= .1)
+    res = MaxIoUAssigner(2, pos_iou_thr=0.2, neg_iou_thr=0.1, inside_gt=False)(*args)
+    assert res.labels.tolist() == [[1, 1, 2]]
+    # GT [1, -4, 7, 4] (area 48) lies in anchors 0 and 1, IoU 48/256 = .1875 each (tied best), and
+    # holds neither centre (0 < 1, 8 > 7): the inside rule finds no anchor for it, the plain rule
+    # gives it both tied anchors as low-quality matches
+    args = args[:3] + (torch.tensor([[[1.0, -4.0, 7.0, 4.0]]]),) + args[4:]
+    res = MaxIoUAssigner(2, pos_iou_thr=0.9, neg_iou_thr=0.5)(*args)
+    assert not res.fg_mask.any()
+    assert MaxIoUAssigner(2, pos_iou_thr=0.9, neg_iou_thr=0.5, inside_gt=False)(*args).labels.tolist() == [[1, 1, 2]]
 
 
 def test_center_sampling_hand_computed_case():

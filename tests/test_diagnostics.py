@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from orchestration.suite import trial_key
 from reports.alignment_diagnostics import checkpoints_by_key, markdown
 from tests.test_eval import alignment_case
 from tood.boxes import box_iou
@@ -103,6 +104,21 @@ def test_checkpoints_found_by_key_in_any_launch_folder(tmp_path):
     (tmp_path / "a" / "trial_9" / "params.json").write_text("{not json")  # skipped, not fatal
     found = checkpoints_by_key(tmp_path)
     assert found == {"k1": tmp_path / "a/trial_0/checkpoint_000015/last.pt", "k3": tmp_path / "b/trial_2/checkpoint_000015/last.pt"}
+
+
+def test_checkpoint_found_under_the_key_its_config_has_today(tmp_path):
+    # a trial launched under an older key version records that key; its config hashes to today's
+    config = {"name": "x", "criterion": {"assigner": "atss", "atss_topk": 9, "topk": 13}, "train": {"seed": 0}}
+    d = tmp_path / "old" / "trial_0"
+    (d / "checkpoint_000015").mkdir(parents=True)
+    (d / "checkpoint_000015" / "last.pt").write_bytes(b"")
+    (d / "params.json").write_text(json.dumps({"trial": {"key": "recorded", "config": config}}))
+    found = checkpoints_by_key(tmp_path)
+    ckpt = d / "checkpoint_000015" / "last.pt"
+    assert found == {"recorded": ckpt, trial_key(config): ckpt}
+    assert trial_key(config) != "recorded"
+    # an ATSS trial's key leaves out TAL's topk: the same trial with another topk has the same key
+    assert trial_key({**config, "criterion": {**config["criterion"], "topk": 5}}) in found
 
 
 def test_markdown_paired_difference_by_hand():

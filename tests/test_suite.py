@@ -63,7 +63,7 @@ def test_trial_key_ignores_names_and_described_paths_but_not_values():
 
 
 PERTURBED = {"warmup_epochs": 2, "topk": 5, "alpha": 0.5, "beta": 4.0, "conflict": "min_area", "atss_topk": 5,
-             "center_radius": 2.5, "center_scale_factor": 0.5, "fovea_sigma": 0.3}
+             "center_radius": 2.5, "center_scale_factor": 0.5, "fovea_sigma": 0.3, "iou_inside_gt": False}
 
 
 def _describe(obj):

@@ -48,7 +48,7 @@ def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> Detector:
 SCHEME_FIELDS = {
     "tal": ("warmup_epochs", "topk", "alpha", "beta", "conflict", "atss_topk"),  # atss_topk: the ATSS warm-up
     "atss": ("atss_topk",),
-    "max_iou": (),
+    "max_iou": ("iou_inside_gt",),
     "center_sampling": ("center_radius", "center_scale_factor"),
     "fovea": ("fovea_sigma", "center_scale_factor"),
 }
@@ -67,7 +67,7 @@ def _assigner(name: str, num_classes: int, c: CriterionConfig):
     if name == "atss":
         return ATSSAssigner(num_classes, topk=c.atss_topk)
     if name == "max_iou":
-        return MaxIoUAssigner(num_classes)
+        return MaxIoUAssigner(num_classes, inside_gt=c.iou_inside_gt)
     if name == "fovea":
         return FoveaAssigner(num_classes, sigma=c.fovea_sigma, scale_factor=c.center_scale_factor)
     return CenterSamplingAssigner(num_classes, radius=c.center_radius, scale_factor=c.center_scale_factor)

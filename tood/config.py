@@ -86,6 +86,9 @@ class CriterionConfig:
     center_radius: float = 1.5
     center_scale_factor: float = 1.0  # scales the FCOS and FoveaBox per-level size ranges (pixels, like the strides)
     fovea_sigma: float = 0.4  # FoveaBox: the positive region is sigma x the GT around its centre
+    # IoU-based (max_iou) only: a positive's prior centre must lie inside its GT (the ATSS paper's
+    # "in GT box" for RetinaNet; an anchor-free head regresses l, t, r, b >= 0 from that centre)
+    iou_inside_gt: bool = True
 
 
 @dataclass

@@ -5,7 +5,9 @@ import torch
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
-from tood.assigners.common import build_result, clean_gts, empty_result, has_no_gt, overlap_pairs, pick_per_prior, where_true
+from tood.assigners.common import (
+    INSIDE_EPS, build_result, clean_gts, empty_result, has_no_gt, overlap_pairs, pick_per_prior, side_margin, where_true,
+)
 from tood.boxes import aligned_iou
 from tood.priors import Priors
 
@@ -23,7 +25,14 @@ class MaxIoUAssigner:
     best anchors (all anchors tying that IoU with ``gt_max_assign_all``, else the first one);
     these override the rule above and the later GT wins an anchor that is the best of several.
     Unlike mmdet, a GT whose best IoU is 0 takes no anchor (mmdet would hand it every anchor of
-    IoU 0 when ``min_pos_iou`` is 0). ``scores`` = IoU(predicted box, assigned GT).
+    IoU 0 when ``min_pos_iou`` is 0). With ``inside_gt`` (the default) both rules see only the
+    anchors whose centre lies more than 0.01 px inside the GT (the ATSS paper's "in GT box" for
+    RetinaNet), so a low-quality match is the GT's best such anchor; the ignore band still reads
+    the best IoU over all GTs. An anchor-free head regresses l, t, r, b >= 0 from the anchor
+    centre and cannot fit a GT that does not hold it: without the rule a 20 px object on the
+    proxy's 64 px P3 anchors ties at its best IoU with every anchor that contains it, and 62% of
+    the positives lie outside their GT (``benchmarks/probe_assign.py``).
+    ``scores`` = IoU(predicted box, assigned GT).
     """
 
     def __init__(
@@ -34,11 +43,13 @@ class MaxIoUAssigner:
         min_pos_iou: float = 0.0,
         gt_max_assign_all: bool = True,
         match_low_quality: bool = True,
+        inside_gt: bool = True,
     ):
         if neg_iou_thr > pos_iou_thr:
             raise ValueError(f"tood/assigners/max_iou.py: neg_iou_thr={neg_iou_thr} > pos_iou_thr={pos_iou_thr}")
         self.num_classes, self.pos_iou_thr, self.neg_iou_thr = num_classes, pos_iou_thr, neg_iou_thr
         self.min_pos_iou, self.gt_max_assign_all, self.match_low_quality = min_pos_iou, gt_max_assign_all, match_low_quality
+        self.inside_gt = inside_gt
 
     @torch.no_grad()
     def __call__(
@@ -54,6 +65,10 @@ class MaxIoUAssigner:
         g, prior_id = p.g, p.b * na + p.a  # (N,)
         ious = aligned_iou(priors.anchors.index_select(0, p.a), gts.reshape(-1, 4).index_select(0, p.seg))  # (N,)
         max_iou = ious.new_zeros(nb * na).scatter_reduce(0, prior_id, ious, "amax")  # (B*A,) 0 where no pair
+        if self.inside_gt:  # the candidates of a GT: the anchors whose centre lies inside it
+            keep = where_true(side_margin(priors.points.index_select(0, p.a), gts.reshape(-1, 4).index_select(0, p.seg)) > INSIDE_EPS)
+            p, ious = p.take(keep), ious.index_select(0, keep)
+            g, prior_id = p.g, p.b * na + p.a
         chosen = pick_per_prior(prior_id, ious, g, nb * na) & (ious >= self.pos_iou_thr)  # (N,)
 
         if self.match_low_quality:
