@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestration.grid import expand_grid  # noqa: E402
-from tood.build import build_criterion, build_model  # noqa: E402
-from tood.checkpoint import load_checkpoint  # noqa: E402
+from tood.build import build_criterion, build_model, model_from_checkpoint  # noqa: E402
 from tood.config import build_config  # noqa: E402
 from tood.data.loaders import build_loader  # noqa: E402
 from tood.losses import focal_loss, quality_focal_loss  # noqa: E402
@@ -55,13 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if not specs:
         print(f"error: experiments/table2_assign.yaml has no row {args.row!r}", file=sys.stderr)
         return 2
-    cfg = build_config(specs[0].config, "probe")
+    cfg = build_config(specs[0].config, "probe", overrides={"train.device": "cpu"})
     ensure_pretrained_backbone(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, load_pretrained=args.checkpoint is None)
-    if args.checkpoint is not None:
-        model.load_state_dict(load_checkpoint(args.checkpoint)["model"])
-    model.train()
+    model = build_model(cfg.model) if args.checkpoint is None else model_from_checkpoint(cfg, args.checkpoint)[0]
+    model.train()  # batch statistics, as in training
     criterion = build_criterion(cfg)
     phase = criterion.main
     targets, qfl, focal = [], [], []
