@@ -28,10 +28,9 @@ from reports.stats import LEVEL, difference, mean_interval
 from tood.build import model_from_checkpoint
 from tood.config import ConfigError, build_config, parse_override
 from tood.data.loaders import build_loader
-from tood.eval.alignment import instance_predictions
+from tood.eval.alignment import InstancePredictions, instance_scores
 from tood.eval.diagnostics import DiagnosticsAccumulator
 from tood.evaluate import evaluate
-from tood.postprocess import detection_scores
 
 # Columns of the Markdown table, in order (the JSON has every measure).
 SHOWN = ("AP", "PCC@5", "PCC@10", "PCC@20", "PCC@50", "spearman@50", "concordance@50", "top1_iou", "regret",
@@ -70,11 +69,11 @@ def diagnose(spec: TrialSpec, checkpoint: Path, threads: int, eval_overrides: di
     model, device, _ = model_from_checkpoint(cfg, checkpoint)
     acc, acc_cls = DiagnosticsAccumulator(), DiagnosticsAccumulator()
 
-    def measure(batch, outputs: dict, boxes: torch.Tensor) -> None:
-        gts = (batch.gt_boxes, batch.gt_labels, batch.gt_mask)
-        acc.update(instance_predictions(detection_scores(outputs), boxes, *gts))
-        if outputs.get("centerness") is not None:
-            acc_cls.update(instance_predictions(outputs["cls_logits"].float().sigmoid(), boxes, *gts))
+    def measure(batch, outputs: dict, inst: InstancePredictions) -> None:
+        acc.update(inst)
+        if outputs.get("centerness") is not None:  # same boxes and attribution, classification score alone
+            cls_only = instance_scores(outputs["cls_logits"].float().sigmoid(), batch.gt_labels, batch.gt_mask)
+            acc_cls.update(inst._replace(scores=cls_only))
 
     metrics = evaluate(model, build_loader(cfg, train=False), cfg, device, progress=False, on_batch=measure)
     result = acc.result()

@@ -10,6 +10,7 @@ from pycocotools.cocoeval import COCOeval
 
 from tood.boxes import box_iou
 from tood.eval import AlignmentAccumulator, alignment_before_nms, count_detection_types, detections_to_coco, evaluate_coco
+from tood.eval.alignment import instance_alignment, instance_predictions, instance_scores
 
 # ---------------------------------------------------------------- COCO AP
 
@@ -209,6 +210,19 @@ def test_pcc_and_top10_iou_match_scipy_and_brute_force():
     ref = brute_force_alignment(*alignment_case(0), k_pcc=20, k_iou=5)
     assert one.pcc_sum == pytest.approx(sum(r for r, *_ in ref if r is not None), abs=1e-6)
     assert one.iou_sum == pytest.approx(sum(x[2] for x in ref), abs=1e-6)
+
+
+def test_rescoring_instances_matches_a_fresh_attribution_with_brute_force():
+    """``inst._replace(scores=instance_scores(...))`` (evaluate's one attribution, reused for
+    another score) gives what the brute-force reference gives for that score."""
+    cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask = alignment_case(1)
+    other = torch.rand(cls_scores.shape, generator=torch.Generator().manual_seed(7))
+    inst = instance_predictions(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    s = instance_alignment(inst._replace(scores=instance_scores(other, gt_labels, gt_mask)))
+    ref = brute_force_alignment(other, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    assert s.pcc_sum == pytest.approx(sum(r for r, *_ in ref if r is not None), abs=1e-6)
+    assert s.iou_sum == pytest.approx(sum(x[2] for x in ref), abs=1e-6)
+    assert s.pcc_sum != pytest.approx(instance_alignment(inst).pcc_sum, abs=1e-3)  # the score mattered
 
 
 def test_instance_reading_differs_from_whole_image_reading_by_hand():

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from tood.boxes import clip_boxes
 from tood.config import Config
-from tood.eval.alignment import AlignmentAccumulator
+from tood.eval.alignment import AlignmentAccumulator, InstancePredictions, instance_predictions
 from tood.eval.coco_map import detections_to_coco, evaluate_coco
 from tood.postprocess import detection_scores, postprocess
 
@@ -38,11 +38,12 @@ def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, p
 
 
 def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True,
-             on_batch: Callable[[Any, dict, torch.Tensor], None] | None = None) -> dict[str, float]:
+             on_batch: Callable[[Any, dict, InstancePredictions], None] | None = None) -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl (0-100) and, if ``cfg.test.alignment``, PCC,
     top10_iou, n_correct, n_redundant, n_error over the whole ``loader``. ``on_batch(batch,
-    outputs, boxes)`` sees each batch's raw model outputs too, with the ``(B, A, 4)`` boxes
-    clipped to the image as the alignment measures use them (extra measures in the same pass)."""
+    outputs, inst)`` sees each batch's raw model outputs too, with the
+    :func:`~tood.eval.alignment.instance_predictions` the alignment measures use (boxes clipped
+    to the image, detection scores), for extra measures in the same pass."""
     dataset = loader.dataset
     results: list[dict] = []
     align = AlignmentAccumulator() if cfg.test.alignment else None
@@ -52,12 +53,13 @@ def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, 
         if align is None and on_batch is None:
             continue
         boxes = clip_boxes(outputs["boxes"].float(), batch.img_sizes)  # as postprocess ranks them
+        inst = instance_predictions(detection_scores(outputs), boxes, batch.gt_boxes, batch.gt_labels, batch.gt_mask)
         if on_batch is not None:
-            on_batch(batch, outputs, boxes)
+            on_batch(batch, outputs, inst)
         if align is not None:
             # GTs back to original pixels so that the post-NMS counts compare like with like.
             gt_orig = batch.gt_boxes / batch.scale_factors[:, None, :].repeat(1, 1, 2)
-            align.update_before_nms(detection_scores(outputs), boxes, batch.gt_boxes, batch.gt_labels, batch.gt_mask)
+            align.update_instances(inst)
             for b, det in enumerate(dets):
                 m = batch.gt_mask[b]
                 align.update_after_nms(det.boxes, det.scores, det.labels, gt_orig[b][m], batch.gt_labels[b][m])

@@ -92,17 +92,24 @@ class InstancePredictions(NamedTuple):
     n: Tensor
 
 
+def instance_scores(cls_scores: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> Tensor:
+    """``(M, A)``: every anchor's score for each valid instance's class (instances image-major,
+    as in :class:`InstancePredictions`)."""
+    img, gt = gt_mask.nonzero(as_tuple=True)  # (M,), (M,) valid instances
+    labels = gt_labels[img, gt].clamp(0, cls_scores.shape[-1] - 1)  # (M,)
+    return cls_scores[img, :, labels].float()
+
+
 def instance_predictions(cls_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> InstancePredictions:
-    """The per-instance view the alignment measures share; shapes as in :func:`alignment_before_nms`."""
-    c = cls_scores.shape[-1]
+    """The per-instance view the alignment measures share; shapes as in :func:`alignment_before_nms`.
+    Another score over the same boxes: ``inst._replace(scores=instance_scores(...))``
+    (attribution depends on the boxes only)."""
     img, gt = gt_mask.nonzero(as_tuple=True)  # (M,), (M,) valid instances
     iou_all = box_iou(pred_boxes.float(), gt_boxes.float()).masked_fill(~gt_mask[:, None, :], -1.0)  # (B, A, G)
     best_iou, best_gt = iou_all.max(-1)  # (B, A)
     attributed = (best_gt[img] == gt[:, None]) & (best_iou[img] > 0)  # (M, A)
-    labels = gt_labels[img, gt].clamp(0, c - 1)  # (M,)
-    scores = cls_scores[img, :, labels].float()  # (M, A)
     ious = iou_all[img, :, gt]  # (M, A) IoU of every anchor's box with this GT
-    return InstancePredictions(scores, ious, attributed, attributed.sum(1))
+    return InstancePredictions(instance_scores(cls_scores, gt_labels, gt_mask), ious, attributed, attributed.sum(1))
 
 
 def top_attributed(inst: InstancePredictions, k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -143,7 +150,11 @@ def alignment_before_nms(
         pred_boxes: ``(B, A, 4)`` decoded xyxy boxes (clipped to the image), same pixels as ``gt_boxes``.
         gt_boxes: ``(B, G, 4)`` xyxy; gt_labels ``(B, G)`` long; gt_mask ``(B, G)`` bool.
     """
-    inst = instance_predictions(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask)
+    return instance_alignment(instance_predictions(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask), topk_pcc, topk_iou)
+
+
+def instance_alignment(inst: InstancePredictions, topk_pcc: int = 50, topk_iou: int = 10) -> AlignmentSums:
+    """:func:`alignment_before_nms` on an already computed :func:`instance_predictions`."""
     if inst.n.numel() == 0:
         return AlignmentSums(0.0, 0.0, 0, 0.0, 0, 0, 0.0, 0)
     scores, ious, _, n = inst
@@ -239,7 +250,11 @@ class AlignmentAccumulator:
 
     def update_before_nms(self, cls_scores: Tensor, pred_boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) -> None:
         """Shapes as in :func:`alignment_before_nms`."""
-        s = alignment_before_nms(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask, self.topk_pcc, self.topk_iou)
+        self.update_instances(instance_predictions(cls_scores, pred_boxes, gt_boxes, gt_labels, gt_mask))
+
+    def update_instances(self, inst: InstancePredictions) -> None:
+        """:meth:`update_before_nms` on an already computed :func:`instance_predictions`."""
+        s = instance_alignment(inst, self.topk_pcc, self.topk_iou)
         for name, value in s._asdict().items():
             setattr(self, name, getattr(self, name) + value)
 
