@@ -17,6 +17,10 @@ def set_log_level(quiet: bool) -> int:
     level = logging.ERROR if quiet else logging.WARNING
     for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(level)
+    # An interrupted launch has trials that never started; Tune warns once per trial that it
+    # found no metrics for them (one line each, 49 for a suite stopped early). The launcher's
+    # own summary already counts every trial by status and says how to resume.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     return level
 
 

@@ -7,6 +7,7 @@ grid, then read the MLflow store back through ``MlflowClient``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -339,3 +340,17 @@ def test_progress_lines():
     assert [describe(l) for l in lines] == [
         ["a", "done", "2/2", "12.3"], ["b", "running (retry 1)", "1/2", "3.0"], ["c", "pending", "-", "-"], ["d", "failed", "1/2", "-"]]
     assert counts(lines) == "1 done, 1 running, 1 pending, 1 failed"
+
+
+def test_log_levels_silence_the_per_trial_no_metrics_warning(caplog):
+    """An interrupted launch must not print one Tune warning per never-started trial; the
+    launcher's own summary counts them. Other Tune warnings still come through."""
+    from ray.tune.analysis import experiment_analysis
+
+    from orchestration.tuner import set_log_level
+
+    set_log_level(quiet=False)
+    with caplog.at_level(logging.WARNING):
+        experiment_analysis.logger.warning("Failed to fetch metrics for 49 trial(s)")
+        logging.getLogger("ray.tune").warning("a warning the user should see")
+    assert [r.getMessage() for r in caplog.records] == ["a warning the user should see"]
