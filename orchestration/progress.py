@@ -1,5 +1,5 @@
-"""Live progress of a grid launch: one line per trial (pending / running / done / failed,
-epoch, latest AP, retries), as a rich table on a terminal or as change lines in a log.
+"""Live progress of a grid launch: one line per trial (pending / running / done / stopped /
+failed, epoch, latest AP, retries), as a rich table on a terminal or as change lines in a log.
 
 The mode comes from ``$TOOD_ABLATE_PROGRESS`` (``auto`` | ``live`` | ``lines`` | ``off``),
 set by the driver for each launch or resume: the callback itself is pickled into the
@@ -19,10 +19,23 @@ MODE_ENV = "TOOD_ABLATE_PROGRESS"
 STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "done", "ERROR": "failed"}
 
 
+def finished(trial: Any) -> bool:
+    """Whether the trial's trainable returned. Tune marks every trial TERMINATED when a launch
+    is interrupted, the pending ones and those half-way through included; only a trainable
+    that returned leaves ``done`` in its last result."""
+    return trial.status == "TERMINATED" and bool((trial.last_result or {}).get("done"))
+
+
+def _state(trial: Any) -> str:
+    if trial.status == "TERMINATED" and not finished(trial):
+        return "stopped"  # by an interrupt: `tood-ablate resume` continues it
+    return STATES.get(trial.status, trial.status.lower())
+
+
 @dataclass(frozen=True)
 class TrialLine:
     name: str
-    state: str  # pending | running | done | failed
+    state: str  # pending | running | done | stopped | failed
     epoch: int | None
     ap: float | None  # final AP, else the latest epoch_AP
     retries: int
@@ -36,7 +49,7 @@ def trial_line(trial: Any) -> TrialLine:
     epoch = result.get("epoch")
     spec = trial.config.get("trial", {})
     return TrialLine(
-        name=spec.get("name", str(trial)), state=STATES.get(trial.status, trial.status.lower()),
+        name=spec.get("name", str(trial)), state=_state(trial),
         epoch=int(epoch) if epoch is not None else None, ap=None if ap is None or math.isnan(ap) else float(ap),
         retries=int(getattr(trial, "num_failures", 0)), epochs=spec.get("config", {}).get("train", {}).get("epochs"),
     )
@@ -51,7 +64,7 @@ def describe(line: TrialLine) -> list[str]:
 
 def counts(lines: list[TrialLine]) -> str:
     """'3 done, 1 running, 2 pending' (states present only)."""
-    order = ("done", "running", "pending", "failed")
+    order = ("done", "running", "pending", "stopped", "failed")
     return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
 
 
@@ -66,7 +79,7 @@ def suite_line(trials: list, slots: int = 1) -> str:
     for t in trials:
         spec, result = t.config.get("trial", {}), t.last_result or {}
         cost = float(spec.get("cost", 1.0))
-        if t.status == "TERMINATED":
+        if finished(t):
             if "already_finished" not in result and result.get("time_total_s"):
                 done.append((float(result["time_total_s"]), cost))
             continue
@@ -75,7 +88,7 @@ def suite_line(trials: list, slots: int = 1) -> str:
         running += t.status == "RUNNING"
         epochs = spec.get("config", {}).get("train", {}).get("epochs") or 1
         remaining += cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
-    n_done = sum(t.status == "TERMINATED" for t in trials)
+    n_done = sum(finished(t) for t in trials)
     eta = eta_seconds(done, remaining, max(running, slots, 1))
     return (f"suite: {n_done}/{len(trials)} trials done, {running} running, "
             + ("ETA -" if eta is None else f"ETA {eta / 60:.0f} min"))
@@ -116,7 +129,7 @@ class ProgressTable(Callback):
         table = Table(title=f"{self.title}: {counts(lines)}; {self._suite}", title_justify="left")
         for column in ("trial", "state", "epoch", "AP"):
             table.add_column(column, justify="right" if column in ("epoch", "AP") else "left")
-        style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
+        style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim", "stopped": "dim"}
         for line in lines:
             table.add_row(*describe(line), style=style.get(line.state))
         return table
@@ -146,5 +159,5 @@ class ProgressTable(Callback):
         for line in changed:
             name, state, epoch, ap = describe(line)
             print(f"[{counts(lines)}] {name}: {state}, epoch {epoch}, AP {ap}", file=sys.stderr, flush=True)
-        if any(l.state in ("done", "failed") for l in changed):
+        if any(l.state in ("done", "stopped", "failed") for l in changed):
             print(self._suite, file=sys.stderr, flush=True)

@@ -21,7 +21,17 @@ def set_log_level(quiet: bool) -> int:
     # found no metrics for them (one line each, 49 for a suite stopped early). The launcher's
     # own summary already counts every trial by status and says how to resume.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # ... and Tune's own resume hint (Tuner.restore) is not this tool's: the launcher prints
+    # `tood-ablate resume <name>` instead.
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoTuneRestoreHint())
     return level
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Experiment has been interrupted")
 
 
 @contextlib.contextmanager

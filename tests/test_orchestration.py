@@ -334,15 +334,18 @@ def test_progress_lines():
         return SimpleNamespace(config=config, status=status, last_result=result, num_failures=failures)
 
     lines = [trial_line(t) for t in (
-        trial("a", "TERMINATED", {"epoch": 2, "AP": 12.34, "epoch_AP": 1.0}),
+        trial("a", "TERMINATED", {"epoch": 2, "AP": 12.34, "epoch_AP": 1.0, "done": True}),
         trial("b", "RUNNING", {"epoch": 1, "epoch_AP": 3.0}, failures=1),
-        trial("c", "PENDING", {}), trial("d", "ERROR", {"epoch": 1, "epoch_AP": float("nan")}))]
+        trial("c", "PENDING", {}), trial("d", "ERROR", {"epoch": 1, "epoch_AP": float("nan")}),
+        # an interrupt ends every trial TERMINATED: half-way through, or never started
+        trial("e", "TERMINATED", {"epoch": 1, "epoch_AP": 2.0, "done": False}), trial("f", "TERMINATED", {}))]
     assert [describe(l) for l in lines] == [
-        ["a", "done", "2/2", "12.3"], ["b", "running (retry 1)", "1/2", "3.0"], ["c", "pending", "-", "-"], ["d", "failed", "1/2", "-"]]
-    assert counts(lines) == "1 done, 1 running, 1 pending, 1 failed"
+        ["a", "done", "2/2", "12.3"], ["b", "running (retry 1)", "1/2", "3.0"], ["c", "pending", "-", "-"], ["d", "failed", "1/2", "-"],
+        ["e", "stopped", "1/2", "2.0"], ["f", "stopped", "-", "-"]]
+    assert counts(lines) == "1 done, 1 running, 1 pending, 2 stopped, 1 failed"
 
 
-def test_log_levels_silence_the_per_trial_no_metrics_warning(caplog):
+def test_log_levels_silence_tunes_interrupt_noise(caplog):
     """An interrupted launch must not print one Tune warning per never-started trial; the
     launcher's own summary counts them. Other Tune warnings still come through."""
     from ray.tune.analysis import experiment_analysis
@@ -353,4 +356,7 @@ def test_log_levels_silence_the_per_trial_no_metrics_warning(caplog):
     with caplog.at_level(logging.WARNING):
         experiment_analysis.logger.warning("Failed to fetch metrics for 49 trial(s)")
         logging.getLogger("ray.tune").warning("a warning the user should see")
+        # Tune's hint names its Python API; the launcher prints `tood-ablate resume` instead
+        tune_log = logging.getLogger("ray.tune.tune")
+        tune_log.warning("Experiment has been interrupted, but the most recent state was saved.\nResume experiment with: Tuner.restore(...)")
     assert [r.getMessage() for r in caplog.records] == ["a warning the user should see"]

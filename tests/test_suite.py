@@ -236,6 +236,8 @@ def test_suite_progress_line_by_hand():
 
     def trial(status, cost, epoch=None, seconds=None, reused=False):
         result = {"epoch": epoch} if epoch is not None else {}
+        if status == "TERMINATED" and epoch == 4:
+            result["done"] = True  # the trainable returned
         if seconds is not None:
             result["time_total_s"] = seconds
         if reused:
@@ -247,3 +249,7 @@ def test_suite_progress_line_by_hand():
     # 10 s a unit (the resumed trial's time says nothing); left: 20 * 3/4 + 40 = 55 units over 2 slots
     assert suite_line(trials, slots=2) == "suite: 3/6 trials done, 1 running, ETA 5 min"
     assert suite_line(trials[3:], slots=2) == "suite: 0/3 trials done, 1 running, ETA -"
+    # interrupted: Tune ends the running and pending trials TERMINATED; they are still to run
+    # (20 * 3/4 + 40 + 60 = 115 units over 2 slots: 575 s)
+    stopped = trials[:3] + [trial("TERMINATED", 20.0, 1), trial("TERMINATED", 40.0), trial("TERMINATED", 60.0)]
+    assert suite_line(stopped, slots=2) == "suite: 3/6 trials done, 0 running, ETA 10 min"
