@@ -261,10 +261,37 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     for parent in _parents(info):
         reopen_parent(client, parent)
     trials = json.loads((path / TRIALS_FILE).read_text())
+    if not opts.rerun:
+        reused = reuse_finished_elsewhere(client, trials)
+        if reused and not opts.quiet:
+            print(f"tood-ablate: {name}: {reused} trial(s) not started yet were finished meanwhile by another launch "
+                  "of the store; their results are reused (--rerun at launch trains them again)", file=sys.stderr)
     if not trials:
         return _finish(client, info, {})
     with ray_runtime(address or opts.address, opts.quiet):
         return _fit(lambda: restore_tuner(path, trials, opts, name), client, info)
+
+
+def reuse_finished_elsewhere(client, trials: list[dict]) -> int:
+    """Fill the runs of each trial of an interrupted launch that has not started (no attempt)
+    from a run of the same key that another launch of the store finished since, as a new
+    launch would; the trial then reports that result and trains nothing. A trial that started
+    keeps its own run and continues from its checkpoint: its history is its own. Returns the
+    number of trials filled."""
+    from orchestration.tracking import ATTEMPTS_TAG, copy_result, finished_by_key, retry
+
+    unstarted = {}
+    for t in trials:
+        run = retry(client.get_run, t["run_id"])
+        if run.info.status != "FINISHED" and run.data.tags.get(ATTEMPTS_TAG, "0") == "0":
+            unstarted[t["key"]] = t
+    filled = 0
+    for key, source in finished_by_key(client, set(unstarted)).items():
+        t = unstarted[key]
+        for rid in (t["run_id"], *t["alias_run_ids"]):
+            copy_result(client, source.info.run_id, rid)
+        filled += 1
+    return filled
 
 
 def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, list[dict]]:

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from orchestration.grid import expand_grid, load_grid, resolved_grid
 from orchestration.launch import main
 from orchestration.progress import counts, describe, trial_line
-from orchestration.tracking import create_launch_runs, finish_trial, reconcile, record_error, start_attempt
+from orchestration.tracking import create_launch_runs, finish_trial, log_metrics, reconcile, record_error, start_attempt
 from tood.config import build_config, flatten
 from tood.eval.alignment import PCC_PROTOCOL
 
@@ -326,6 +326,41 @@ def test_launch_runs_layout_and_reconcile(tmp_path, monkeypatch):
     assert counts_ == {"FINISHED": 1, "FAILED": 1, "KILLED": 6}
     assert client.get_run(ids[1]).data.tags["tood.error"] == "TuneError: boom"
     assert client.get_run(ids[2]).info.status == "KILLED" and client.get_run(parent).info.status == "FAILED"
+
+
+def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypatch):
+    """Launch A is interrupted; launch B of the same store then finishes two of A's keys. On
+    resume, A's unstarted trial takes B's result (its alias run of another study too), while
+    A's started trial keeps its own run and history and trains on."""
+    from orchestration.launch import reuse_finished_elsewhere
+    from orchestration.suite import trial_key
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'db'}")
+    path = ROOT / "experiments/table6_alignment.yaml"
+    grid, specs = load_grid(path), expand_grid(path, seeds=[0])
+    make = lambda name: create_launch_runs(client, grid.study, grid.table, "proxy", str(path), resolved_grid(grid, [0], {}), specs, name)[1]
+    a, a_alias, b = make("A"), make("A-alias"), make("B")
+    trials = [{"key": trial_key(spec.config), "run_id": a[i], "alias_run_ids": [a_alias[i]]} for i, spec in enumerate(specs)]
+    start_attempt(client, a[1])  # A's trial 1 started before the interrupt
+    log_metrics(client, a[1], {"loss_total": 2.0}, step=1)
+    for i in (0, 1):  # B finishes both keys
+        start_attempt(client, b[i])
+        for epoch in (1, 2):
+            log_metrics(client, b[i], {"loss_total": 1.0 / epoch}, step=epoch)
+        finish_trial(client, b[i], specs[i].config, {"AP": 40.0 + i}, step=2)
+
+    assert reuse_finished_elsewhere(client, trials) == 1
+    for rid in (a[0], a_alias[0]):
+        run = client.get_run(rid)
+        assert run.info.status == "FINISHED" and run.data.tags["tood.reused_from"] == b[0] and run.data.metrics["AP"] == 40.0
+        assert [(m.step, m.value) for m in client.get_metric_history(rid, "loss_total")] == [(1, 1.0), (2, 0.5)]
+    started = client.get_run(a[1])
+    assert started.info.status == "RUNNING" and "tood.reused_from" not in started.data.tags and "AP" not in started.data.metrics
+    assert [m.step for m in client.get_metric_history(a[1], "loss_total")] == [1]
+    assert client.get_run(a_alias[1]).info.status == "SCHEDULED"
+    assert {client.get_run(r).info.status for r in a[2:] + a_alias[2:]} == {"SCHEDULED"}  # nobody finished those keys
+    assert reuse_finished_elsewhere(client, trials) == 0  # nothing left to fill
 
 
 def test_progress_lines():
