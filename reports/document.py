@@ -65,13 +65,13 @@ def _same_machine(machines: list[Machine | None]) -> Machine | None:
 
 
 def rows_frame(rows: list[RowSummary]) -> pd.DataFrame:
-    """The aggregated rows, one per grid row: label, index, status, n, n_failed, n_running,
+    """The aggregated rows, one per grid row: label, index, status, n, n_failed, n_running, n_interrupted,
     ``factor.<name>``, and per metric ``<metric>.mean``, ``<metric>.std``, ``<metric>.n``,
     ``<metric>.paper`` (empty where absent)."""
     records = []
     for r in rows:
         record: dict[str, object] = {"row": r.label, "row_index": r.index, "status": r.status, "n": r.n,
-                                     "n_failed": r.n_failed, "n_running": r.n_running}
+                                     "n_failed": r.n_failed, "n_running": r.n_running, "n_interrupted": r.n_interrupted}
         record.update({f"factor.{k}": v for k, v in r.factors.items()})
         for metric in sorted(set(r.mean) | set(r.paper)):
             mean, std = r.mean.get(metric, math.nan), r.std.get(metric, math.nan)

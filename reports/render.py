@@ -101,7 +101,7 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
     counts = trials["status"].value_counts() if len(trials) else {}
     seeds = sorted({int(s) for s in trials["seed"]}) if len(trials) else []
     finished = int(counts.get("FINISHED", 0))
-    failed = int(counts.get("FAILED", 0)) + int(counts.get("KILLED", 0))
+    failed, interrupted = int(counts.get("FAILED", 0)), int(counts.get("KILLED", 0))
     running = int(counts.get("RUNNING", 0)) + int(counts.get("SCHEDULED", 0))
     run_link = html.escape(data.parent_id)
     if data.tracking_uri.startswith(("http://", "https://")):
@@ -118,7 +118,8 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
         ("Study", e(f"{data.study} (layout {data.table})")),
         ("Data / profile", e(data_text)),
         ("Seeds", e(f"{tags.get('tood.seeds', ','.join(map(str, seeds)))} ({len(seeds)} in the trials)")),
-        ("Trials", e(f"{finished} finished, {failed} failed, {running} running, of "
+        ("Trials", e(f"{finished} finished, {failed} failed, {running} running"
+                     + (f", {interrupted} interrupted" if interrupted else "") + ", of "
                      f"{tags.get('tood.num_trials', len(trials))} planned; {len(data.grid_rows)} grid rows "
                      f"(from the {data.grid_source})")),
         ("Generated", e(generated)),

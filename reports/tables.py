@@ -4,7 +4,7 @@ Each layout shows the paper's columns only (AP / AP50 / AP75; Table 6: AP, PCC, 
 the three detection counts), compares rows the way the paper does (the pairs of
 reports.pairs) and marks with DISAGREE an ordering of a compared pair that differs from the
 paper's. Every other metric goes to ``all_metrics``. A grid row without a finished trial
-keeps its place, its cells saying "failed" / "running" / "missing".
+keeps its place, its cells saying "failed" / "running" / "interrupted" / "missing".
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from reports.collect import FINAL_METRICS, StudyData, metric_columns, rows_from_
 from reports.pairs import REFERENCE_NAMES, detector_name, reference
 
 DISAGREE = "†"
-GAP_WORDS = ("failed", "running", "missing")
+GAP_WORDS = ("failed", "running", "interrupted", "missing")
 AP_METRICS = ("AP", "AP50", "AP75")
 TABLE6_METRICS = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
 PAPER_COLUMNS = {"table1": AP_METRICS, "table2": AP_METRICS, "table3": AP_METRICS, "topm": ("AP",),
@@ -63,13 +63,16 @@ class RowSummary:
     std: dict[str, float]
     errors: list[str]
     count: dict[str, int] = field(default_factory=dict)
+    n_interrupted: int = 0  # KILLED: the launch was stopped before they finished
 
     @property
     def status(self) -> str:
-        """'ok' with a finished trial, else why not: 'running', 'failed' or 'missing'."""
+        """'ok' with a finished trial, else why not: 'running', 'failed', 'interrupted' or 'missing'."""
         if self.n:
             return "ok"
-        return "running" if self.n_running else "failed" if self.n_failed else "missing"
+        if self.n_running:
+            return "running"
+        return "failed" if self.n_failed else "interrupted" if self.n_interrupted else "missing"
 
 
 def summarize(data: StudyData) -> list[RowSummary]:
@@ -82,14 +85,14 @@ def summarize(data: StudyData) -> list[RowSummary]:
     for row in list(data.grid_rows) + extra:
         own = trials[trials["row"] == row.label]
         done = own[own["status"] == "FINISHED"]
-        failed = own[own["status"].isin(["FAILED", "KILLED"])]
+        failed = own[own["status"] == "FAILED"]
         values = done[metrics].astype(float)
         summaries.append(RowSummary(
             index=row.index, label=row.label, factors=row.factors, paper=row.paper, n=len(done),
             n_failed=len(failed), n_running=int(own["status"].isin(["RUNNING", "SCHEDULED"]).sum()),
             mean=values.mean().to_dict(), std=values.std(ddof=1).to_dict(),
             errors=[f"seed {s}: {e or 'no tood.error tag'}" for s, e in zip(failed["seed"], failed["error"])],
-            count={m: int(c) for m, c in values.count().items()}))
+            count={m: int(c) for m, c in values.count().items()}, n_interrupted=int((own["status"] == "KILLED").sum())))
     return summaries
 
 
@@ -146,7 +149,8 @@ def _delta_cells(row: RowSummary | None, ref: RowSummary | None, metric: str) ->
 def _n_cell(row: RowSummary | None) -> str:
     if row is None:
         return NO_VALUE
-    extra = [f"{k} {w}" for k, w in ((row.n_failed, "failed"), (row.n_running, "running")) if k]
+    extra = [f"{k} {w}" for k, w in ((row.n_failed, "failed"), (row.n_running, "running"),
+                                     (row.n_interrupted, "interrupted")) if k]
     return f"{row.n} ({', '.join(extra)})" if extra else str(row.n)
 
 
@@ -157,7 +161,10 @@ def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | 
         notes.append(f"{DISAGREE}: our ordering against {ref_text} disagrees with the paper's "
                      "(the two differences have different signs).")
     for row in rows:
-        if row.status != "ok":
+        if row.status == "interrupted":
+            notes.append(f"{row.label}: interrupted (no finished trial; the launch was stopped before it "
+                         "finished: `tood-ablate resume <launch>` trains the rest).")
+        elif row.status != "ok":
             notes.append(f"{row.label}: {row.status} (no finished trial).")
         notes.extend(f"{row.label}, {e}" for e in row.errors)
     return notes

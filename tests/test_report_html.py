@@ -87,9 +87,10 @@ def test_report_html_in_chromium(tmp_path):
     # verdict cells carry their class: 3 in the summary's claims, 3 in table6's claims, 5 in its comparisons
     assert dom.count('<td class="agrees">agrees</td>') == 3 + 3 + 5
     assert t6[4][:4] == ["T-head + TAL", "0", "missing", "42.5"]
-    assert [r[0] for r in t2[1:]] == ["IoU-based", "ATSS", "TAL", "center sampling"]
+    assert [r[0] for r in t2[1:]] == ["IoU-based", "ATSS", "TAL", "center sampling", "centerness"]
     assert t2[3][:3] == ["TAL", "0 (1 failed)", "failed"] and t2[4][2] == "running"
     # the plots are inside the page (data URIs), not files next to it
     # table2 curves, table6 scatter + curves, smoke curves
     assert dom.count('src="data:image/png;base64,') == 4
     assert "6 finished, 1 failed, 0 running, of 12 planned" in dom
+    assert "4 finished, 1 failed, 1 running, 1 interrupted, of 8 planned" in dom  # table2: the KILLED trial

@@ -42,10 +42,11 @@ T6_OURS = {
     "parallel head + TAL": [(20.5, 0.33, 0.51, 1150, 450, 2900)],
 }
 T2_ROWS = [("IoU-based", "max_iou", (36.5, 55.5, 38.7)), ("ATSS", "atss", (39.2, 57.4, 42.2)),
-           ("TAL", "tal", (40.3, 58.5, 43.8)), ("center sampling", "center_sampling", (37.3, 56.2, 39.3))]
-# "FAILED" / "RUNNING": one trial that ended so; tuples: AP, AP50, AP75 per seed.
+           ("TAL", "tal", (40.3, 58.5, 43.8)), ("center sampling", "center_sampling", (37.3, 56.2, 39.3)),
+           ("centerness", "atss_centerness", (37.4, 56.1, 40.3))]
+# "FAILED" / "RUNNING" / "KILLED" (the launch was interrupted): one trial that ended so; tuples: AP, AP50, AP75 per seed.
 T2_OURS = {"IoU-based": [(15.0, 30.0, 19.0), (16.0, 31.0, 19.0)], "ATSS": [(18.0, 33.0, 17.0), (18.2, 33.0, 17.4)],
-           "TAL": "FAILED", "center sampling": "RUNNING"}
+           "TAL": "FAILED", "center sampling": "RUNNING", "centerness": "KILLED"}
 
 
 @dataclass
@@ -80,7 +81,7 @@ def _trial(client, exp, parent, study, table, index, label, factors, paper, seed
 
 def build_store(root: Path) -> Store:
     """Studies table6_alignment (grid.yaml artifact, a missing row, a failed seed, an older launch),
-    table2_assignment (no grid.yaml; a failed row and a running row), smoke (generic layout) and
+    table2_assignment (no grid.yaml; a failed row, a running row and an interrupted row), smoke (generic layout) and
     empty (no runs)."""
     uri = f"sqlite:///{root / 'mlruns.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -196,7 +197,7 @@ def test_table6_cells(store):
 def test_table2_cells_without_grid_artifact(store):
     data = collect_study(open_client(store.uri), "table2_assignment")
     t = build_table(data.table, summarize(data), data.study)
-    assert [r[0] for r in t.rows] == ["IoU-based", "ATSS", "TAL", "center sampling"]
+    assert [r[0] for r in t.rows] == ["IoU-based", "ATSS", "TAL", "center sampling", "centerness"]
     assert [t.cell("IoU-based", c) for c in ("AP", "AP50", "AP75", "AP75 (paper)")] == \
         ["15.5 ± 0.7 (2)", "30.5 ± 0.7 (2)", "19.0 ± 0.0 (2) †", "38.7"]
     assert [t.cell("ATSS", c) for c in ("AP", "AP50", "AP75")] == ["18.1 ± 0.1 (2)", "33.0 ± 0.0 (2)", "17.2 ± 0.3 (2)"]
@@ -204,6 +205,10 @@ def test_table2_cells_without_grid_artifact(store):
     assert [t.cell("TAL", c) for c in ("n", "AP", "AP (paper)", "ΔAP", "ΔAP (paper)")] == \
         ["0 (1 failed)", "failed", "40.3", "failed", "+1.1"]
     assert [t.cell("center sampling", c) for c in ("n", "AP50", "ΔAP")] == ["0 (1 running)", "running", "running"]
+    # interrupted is not failed: no error to list, and the note says how to finish it
+    assert [t.cell("centerness", c) for c in ("n", "AP", "ΔAP")] == ["0 (1 interrupted)", "interrupted", "interrupted"]
+    assert any(n.startswith("centerness: interrupted") and "tood-ablate resume" in n for n in t.notes)
+    assert not any(n.startswith("centerness, seed") for n in t.notes)
 
 
 def test_generic_layout_for_smoke(store):
