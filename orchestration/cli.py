@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 
 from orchestration.launch import LaunchOptions, launch_status, resume_launch, run_suite, suite_grids
 from tood.config import ConfigError, parse_override
@@ -64,7 +65,9 @@ def _print_status(name: str, storage_path: str | None) -> None:
     if "trainings" in info:
         t = info["trainings"]
         print(f"  {t['without_dedup']} child runs, {t['unique']} distinct trials, {t['unique'] - t['to_train']} reused from "
-              f"earlier runs, {t['to_train']} trained by this launch")
+              f"earlier runs, {t['to_train']} for this launch to train")
+    by_status = Counter(r["status"] for r in rows)
+    print("  child runs by status: " + ", ".join(f"{s} {n}" for s, n in sorted(by_status.items())))
     multi = len(info.get("studies", [])) > 1
     for r in rows:
         ap = "-" if r["AP"] is None else f"{r['AP']:.1f}"

@@ -155,6 +155,7 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "parent FINISHED, 2 trials" in status.stdout
     assert status.stdout.count("FINISHED  head=") == 2 and "epoch   2" in status.stdout
+    assert "child runs by status: FINISHED 2" in status.stdout
 
     # the PCC diagnostics re-evaluate the launch's checkpoints: their PCC@50 is the PCC the trial logged
     diag = subprocess.run(_cli("diagnose", str(SMOKE), "--storage", str(launch.path / "ray"), "--out", str(launch.path / "diag")),
