@@ -6,12 +6,15 @@ recorded process group (``tests.test_cluster.Service``), which also checks nothi
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -124,15 +127,73 @@ def test_killed_worker_node_is_replaced_and_its_trials_finish(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-OUTAGE_S = 20.0  # how long the server stays down: the fault's length, within the 60 s retry budget
+OUTAGE_TIMEOUT_S = 600.0  # the longest the outage may wait for an epoch's metrics to arrive
+
+
+def _recv(conn: socket.socket) -> bytes:
+    chunk = conn.recv(65536)
+    if not chunk:
+        raise ConnectionError("the client closed the connection")
+    return chunk
+
+
+class DownServer:
+    """Stands on the stopped server's port while it is down: every connection is read to its
+    end and dropped unanswered (a client sees "Connection aborted", as from a server that
+    died mid-request). It records the newest metric timestamp of the refused log-batch
+    requests, so the outage can last until an epoch's metrics were stamped while it was down
+    however slow the machine is, rather than for a fixed time."""
+
+    def __init__(self, port: int):
+        self.newest_ms = 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.5)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.running = True
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                self._note(conn)
+
+    def _note(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        data = b""
+        try:
+            while b"\r\n\r\n" not in data:
+                data += _recv(conn)
+            head, body = data.split(b"\r\n\r\n", 1)
+            lines = head.decode("latin-1").split("\r\n")
+            length = int(next((line.split(":", 1)[1] for line in lines if line.lower().startswith("content-length:")), "0"))
+            while len(body) < length:
+                body += _recv(conn)
+        except (OSError, ValueError):
+            return
+        if "/runs/log-batch" in lines[0]:
+            stamps = [int(m["timestamp"]) for m in json.loads(body or b"{}").get("metrics", [])]
+            self.newest_ms = max([self.newest_ms, *stamps])
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(timeout=10)
+        self.sock.close()
 
 
 def test_mlflow_server_restarted_mid_grid_loses_no_metrics(tmp_path):
-    """Stop the server once a trial checkpointed, keep it down OUTAGE_S, start it again on the
-    same port and store. MLflow's own HTTP retries are off, so tracking.retry alone carries
-    the trials through; metrics stamped during the outage must be in the store."""
+    """Stop the server once a trial checkpointed; keep it down until a trial's metrics,
+    stamped during the outage, were refused (``DownServer``); start it again on the same
+    port and store. MLflow's own HTTP retries are off, so tracking.retry alone carries the
+    trials through; the metrics stamped during the outage must be in the store."""
     env = {**_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "TOOD_RAY_OBJECT_STORE_MB": "100"}
-    port, driver, servers = _free_port(), None, []
+    port, driver, servers, down_server = _free_port(), None, [], None
     try:
         servers.append(_mlflow_server(tmp_path, port, env, "mlflow1.log"))
         uri = f"http://127.0.0.1:{port}"
@@ -144,9 +205,12 @@ def test_mlflow_server_restarted_mid_grid_loses_no_metrics(tmp_path):
         assert _checkpoint_epochs(tmp_path / "ray/outage") and driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
         down = time.time()
         servers.pop().stop()
-        while time.time() - down < OUTAGE_S and driver.poll() is None:
-            time.sleep(0.5)  # the outage lasts OUTAGE_S; the trials keep training meanwhile
-        up = time.time()
+        down_server = DownServer(port)
+        deadline = time.monotonic() + OUTAGE_TIMEOUT_S
+        while down_server.newest_ms / 1000 < down and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # polling interval: the outage lasts until an epoch's metrics were refused
+        down_server.stop()
+        down_server, up = None, time.time()
         servers.append(_mlflow_server(tmp_path, port, env, "mlflow2.log"))
         assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-4000:]
         client, parents, children = _study_runs(uri)
@@ -159,5 +223,7 @@ def test_mlflow_server_restarted_mid_grid_loses_no_metrics(tmp_path):
         if driver is not None and driver.poll() is None:
             os.killpg(driver.pid, 9)
             driver.wait(timeout=60)
+        if down_server is not None:
+            down_server.stop()
         for server in servers:
             server.stop()
