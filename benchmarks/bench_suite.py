@@ -6,7 +6,7 @@ launch's wall time (first trial start to last trial end), each trained trial's w
 ``--cpus-per-trial``, or ``--slots``) and the ideal = sum(trial times) / slots; the goal is
 wall / ideal <= 1.10. Trainings with and without dedup are counted from the grids: every
 (study, row, seed) without, the distinct trial keys with.
-Writes benchmarks/results/bench_suite_<name>.json.
+Writes benchmarks/results/bench_suite_<name>.json (or --out).
 Run: .venv/bin/python benchmarks/bench_suite.py <launch name> [--storage-path runs/ray] [--slots N]
      .venv/bin/python benchmarks/bench_suite.py --count-only   # dedup counts of `--all` only
 """
@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--storage-path")
     p.add_argument("--slots", type=int, help="concurrent trial slots (default: CPUs / --cpus-per-trial of the launch)")
     p.add_argument("--count-only", action="store_true")
+    p.add_argument("--out", help="JSON file to write (default: benchmarks/results/bench_suite_<name>.json)")
     args = p.parse_args()
     out = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0))},
            "dedup_all": dedup_counts(suite_grids(ROOT / "experiments"))}
@@ -75,7 +76,7 @@ def main() -> None:
         if not args.name:
             p.error("a launch name is needed (or --count-only)")
         out["packing"] = packing(args.name, args.storage_path, args.slots)
-    path = ROOT / "benchmarks/results" / f"bench_suite_{args.name or 'counts'}.json"
+    path = Path(args.out) if args.out else ROOT / "benchmarks/results" / f"bench_suite_{args.name or 'counts'}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

@@ -1,8 +1,9 @@
 """Why a study's PCC ranks its rows as it does: the measures of ``tood.eval.diagnostics`` on
 the final checkpoints of a launch, per row and seed, with paired differences to the first row.
 
-``tood-ablate diagnose experiments/table6_alignment.yaml [--storage runs/ray] --out
-reports_out/alignment_diagnostics`` (or ``python -m reports.alignment_diagnostics``) finds each (row, seed) of the grid by its trial key
+``tood-ablate diagnose experiments/table6_alignment.yaml [--storage runs/ray] [--set KEY=VALUE ...] --out
+reports_out/alignment_diagnostics`` (or ``python -m reports.alignment_diagnostics``) finds each (row, seed) of the grid,
+resolved with the profile and ``--set`` overrides it was trained with, by its trial key
 among the Tune trials under ``--storage`` (every launch folder in it, so trials reused from an
 earlier launch are found too), evaluates its last checkpoint on the validation split and writes
 ``<out>.json`` (every trial) and ``<out>.md`` (mean and 95% interval per row; paired
@@ -66,7 +67,10 @@ def diagnose(spec: TrialSpec, checkpoint: Path, threads: int, eval_overrides: di
     has a centerness factor."""
     torch.set_num_threads(threads)
     cfg = build_config(spec.config, f"{spec.grid_file}: {spec.name}", overrides=eval_overrides)
-    model, device, _ = model_from_checkpoint(cfg, checkpoint)
+    try:
+        model, device, _ = model_from_checkpoint(cfg, checkpoint)
+    except (ValueError, OSError) as e:  # unreadable or missing file: skip the trial, say which file
+        raise ConfigError(str(e)) from None
     acc, acc_cls = DiagnosticsAccumulator(), DiagnosticsAccumulator()
 
     def measure(batch, outputs: dict, inst: InstancePredictions) -> None:
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default="runs/ray", help="Tune storage folder of the launches (as `tood-ablate run --storage-path`; default runs/ray)")
     p.add_argument("--profile", default="proxy")
     p.add_argument("--seeds", help="comma-separated seeds replacing the grid's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the overrides the trials were trained with, as given to `tood-ablate run --set` (a trial is "
+                        "found by the key of the config it trained), e.g. --set train.epochs=32")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the evaluation")
     p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the evaluation only (trials are still found by their trained config), "
@@ -131,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)", file=sys.stderr)
         return 2
     try:
-        specs = expand_grid(args.grid, profile=args.profile, seeds=seeds)
+        specs = expand_grid(args.grid, profile=args.profile, seeds=seeds, overrides=dict(parse_override(o) for o in args.overrides))
         eval_overrides = dict(parse_override(o) for o in args.eval_set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = [trial_key(spec.config) for spec in specs]
     if not set(keys) & set(found):
         print(f"error: --storage {storage}: no checkpoint of any of the {len(specs)} trials of {args.grid} "
-              f"(expected the storage folder of a launch that ran them, with its trial_*/checkpoint_*/last.pt)", file=sys.stderr)
+              f"(expected the storage folder of a launch that ran them, with its trial_*/checkpoint_*/last.pt; "
+              f"trials trained with `run --set` are found with the same --set)", file=sys.stderr)
         return 2
     out = Path(args.out)
     try:

@@ -23,10 +23,19 @@ mkdir -p "$out"
 cd "$root"
 "$py" -m orchestration.launch report --all --out "$out" --tracking-uri "$uri"
 "$py" -m reports.export --all --out "$out/per_seed.csv" --tracking-uri "$uri" --header "command: $command"
-"$py" benchmarks/bench_suite.py "$launch" --storage-path "$storage" > /dev/null
-cp "benchmarks/results/bench_suite_$launch.json" "$out/suite_packing.json"
+"$py" benchmarks/bench_suite.py "$launch" --storage-path "$storage" --out "$out/suite_packing.json" > /dev/null
+# the diagnostics find the trials by the config they trained: the launch's profile, seeds and --set
+trained_flags=$("$py" -c '
+import json, sys
+o = json.load(open(sys.argv[1]))["options"]
+print("--profile=" + o["profile"])
+if o.get("seeds"):
+    print("--seeds=" + ",".join(map(str, o["seeds"])))
+for k, v in (o.get("overrides") or {}).items():
+    print("--set=" + k + "=" + json.dumps(v))' "$storage/$launch/tood_launch.json")
+mapfile -t trained <<< "$trained_flags"
 for grid in ${DIAGNOSE-table6_alignment table4_alpha_beta topm}; do  # DIAGNOSE="": none
-    "$py" -m orchestration.launch diagnose "experiments/$grid.yaml" --storage "$storage" --out "$out/alignment_diagnostics_$grid"
+    "$py" -m orchestration.launch diagnose "experiments/$grid.yaml" --storage "$storage" "${trained[@]}" --out "$out/alignment_diagnostics_$grid"
 done
 # sqlite's online backup: consistent even while a WAL-mode store is being written; the copy is
 # one self-contained file (rollback journal)

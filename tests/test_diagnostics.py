@@ -129,3 +129,24 @@ def test_markdown_paired_difference_by_hand():
     # ref: mean 0.65, sd 0.0707, t(0.975, 1) = 12.706 -> +-0.635; new - ref: 0.05, 0.09 -> mean 0.07, sd 0.0283, +-0.254
     assert "| ref | 2 | 0.650 [0.015, 1.285] |" in text
     assert "| new | 2 | +0.070 [-0.184, +0.324] |" in text
+
+
+def test_trials_trained_with_set_are_found_with_the_same_set(tmp_path, capsys):
+    # a launch with `run --set train.epochs=3` keyed its trials by that config: diagnose finds them
+    # only when given the same --set (the empty last.pt is then reported as not a checkpoint)
+    from orchestration.grid import expand_grid
+    from reports.alignment_diagnostics import main
+    from tests.test_orchestration import SMOKE
+
+    spec = expand_grid(SMOKE, overrides={"train.epochs": 3})[0]
+    d = tmp_path / "ray" / "launch" / "trial_0"
+    (d / "checkpoint_000002").mkdir(parents=True)
+    (d / "checkpoint_000002" / "last.pt").write_bytes(b"")
+    (d / "params.json").write_text(json.dumps({"trial": {"key": trial_key(spec.config)}}))
+    args = [str(SMOKE), "--storage", str(tmp_path / "ray"), "--out", str(tmp_path / "diag")]
+    assert main(args) == 2 and "no checkpoint of any of the 2 trials" in capsys.readouterr().err
+    assert main([*args, "--set", "train.epochs=3"]) == 0
+    trials = json.loads((tmp_path / "diag.json").read_text())["trials"]
+    assert [t["checkpoint"] != "" for t in trials] == [True, False]
+    assert "not a readable tood checkpoint" in trials[0]["error"] and "measures" not in trials[0]
+    assert "--set train.epochs=3" in json.loads((tmp_path / "diag.json").read_text())["command"]

@@ -175,6 +175,33 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
     assert len(_study_runs(launch.uri)[1]) == 1  # nothing created
 
 
+@pytest.mark.slow
+def test_publish_results_of_a_launch_trained_with_set(launch):
+    """scripts/publish_results.sh on a launch run with --set: the report, the per-seed CSV with
+    the command in its header, the packing JSON, the PCC diagnostics of the trials the launch
+    trained (found with the launch's --set: PCC@50 equals the logged PCC) and a copy of the store."""
+    driver = launch.start("run", str(SMOKE), "--name", "pub", "--set", "train.epochs=1")
+    assert driver.wait(timeout=600) == 0, driver.output()
+    _, _, children = _study_runs(launch.uri)
+    out = launch.path / "published"
+    env = _env(DIAGNOSE="smoke", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    proc = subprocess.run(["bash", str(ROOT / "scripts/publish_results.sh"), str(launch.path / "mlruns.db"), str(launch.path / "ray"),
+                           "pub", str(out), "tood-ablate run experiments/smoke.yaml --set train.epochs=1"],
+                          cwd=launch.path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (out / "smoke" / "report.html").is_file() and (out / "report.html").is_file()
+    assert "command: tood-ablate run experiments/smoke.yaml --set train.epochs=1" in (out / "per_seed.csv").read_text()
+    assert json.loads((out / "suite_packing.json").read_text())["packing"]["trials_trained"] == 2
+    diag = json.loads((out / "alignment_diagnostics_smoke.json").read_text())
+    assert "--set=train.epochs=1" in diag["command"]
+    by_row = {t["row"]: t["measures"] for t in diag["trials"]}
+    for run in children.values():
+        assert by_row[run.data.tags["tood.row"]]["PCC@50"] == pytest.approx(run.data.metrics["PCC"], abs=1e-6)
+    copied = _study_runs(f"sqlite:///{out / 'mlruns.db'}")[2]
+    assert {n: r.data.metrics["AP"] for n, r in copied.items()} == {n: r.data.metrics["AP"] for n, r in children.items()}
+    assert not (ROOT / "benchmarks/results/bench_suite_pub.json").exists()  # nothing written into the repository
+
+
 def test_failed_trial_is_retried_from_its_checkpoint_in_the_same_run(launch):
     env = _env(TOOD_FAIL_ONCE_AT_EPOCH="1", TOOD_FAIL_ONCE_TRIAL="t_head")
     driver = launch.start("run", str(SMOKE), "--name", "retry", env=env)
