@@ -8,16 +8,44 @@ from tood.engine import learning_rate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", [None, "proxy", "coco"])
+@pytest.mark.parametrize("profile", [None, "proxy", "proxy_long", "coco"])
 def test_base_config_loads_with_every_profile(profile):
     cfg = load_config(ROOT / "experiments/base.yaml", profile=profile)
     assert isinstance(cfg, Config)
     # The paper's settings hold unless a profile changes them.
     assert cfg.test.nms_iou == 0.6 and cfg.test.score_thr == 0.05 and cfg.test.max_per_img == 100
     assert (cfg.criterion.topk, cfg.criterion.alpha, cfg.criterion.beta) == (13, 1.0, 6.0)
-    if profile != "proxy":
+    if profile not in ("proxy", "proxy_long"):
         assert cfg.train.lr == 0.01 and cfg.train.batch_size == 16 and cfg.train.lr_steps == (8, 11)
         assert cfg.data.img_scale == (1333, 800) and cfg.model.backbone.depth == 50
+
+
+def test_proxy_long_is_the_proxy_with_the_doubled_schedule():
+    proxy, long = (load_config(ROOT / "experiments/base.yaml", profile=p) for p in ("proxy", "proxy_long"))
+    assert (long.train.epochs, long.train.lr_steps, long.criterion.warmup_epochs) == (32, (24, 30), 12)
+    doubled = load_config(ROOT / "experiments/base.yaml", profile="proxy",
+                          overrides=["train.epochs=32", "train.lr_steps=[24,30]", "criterion.warmup_epochs=12"])
+    assert long == doubled and long != proxy
+
+
+def test_profile_extends_merges_over_its_parent_and_errors_name_the_chain(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("train: {lr: 0.1, epochs: 5}\nprofiles:\n"
+                 "  a: {train: {lr: 0.2, batch_size: 4}, model: {num_classes: 3}}\n"
+                 "  b: {extends: a, train: {lr: 0.3}}\n"
+                 "  c: {extends: b, model: {num_classes: 7}}\n")
+    c = load_config(f, profile="c")  # c over b over a over the file's own values, key by key
+    assert (c.train.lr, c.train.batch_size, c.train.epochs, c.model.num_classes) == (0.3, 4, 5, 7)
+    b = load_config(f, profile="b")
+    assert (b.train.lr, b.train.batch_size, b.model.num_classes) == (0.3, 4, 3)
+    cases = {"  x: {extends: nope}\n": r"p\.yaml: profiles\.x\.extends: unknown profile 'nope' \(expected one of: x\)",
+             "  x: {extends: y}\n  y: {extends: x}\n": r"profiles\.y\.extends: cycle x -> y -> x",
+             "  x: {extends: 3}\n": r"profiles\.x\.extends: expected a profile name \(got 3\)",
+             "  x: 5\n": r"profiles\.x: expected a mapping"}
+    for text, message in cases.items():
+        f.write_text("profiles:\n" + text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(f, profile="x")
 
 
 def test_roundtrip_to_dict():

@@ -17,12 +17,12 @@ def test_every_paper_study_has_a_grid():
 
 
 def test_base_is_a_plain_config():
-    for profile in ("proxy", "coco"):
+    for profile in ("proxy", "proxy_long", "coco"):
         cfg = load_config(BASE, profile=profile)
         assert cfg.model.head.type == "t_head" and cfg.criterion.assigner == "tal"
 
 
-@pytest.mark.parametrize("profile", ["proxy", "coco"])
+@pytest.mark.parametrize("profile", ["proxy", "proxy_long", "coco"])
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
 def test_every_grid_expands(path, profile):
     text = path.read_text()

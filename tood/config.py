@@ -2,7 +2,8 @@
 
 A config file is YAML whose top-level sections mirror :class:`Config`. It may name a
 ``base:`` file (relative to itself) whose values it overrides, and a ``profiles:``
-mapping of named override sets (``proxy``, ``coco``) selected with ``profile=``.
+mapping of named override sets (``proxy``, ``proxy_long``, ``coco``) selected with ``profile=``;
+a profile may start from another one (``extends: proxy``).
 Overrides given as ``key.path=value`` strings are parsed as YAML scalars.
 Every unknown key or wrongly typed value is a :class:`ConfigError` naming the file,
 the dotted key and what was expected, with the nearest valid key suggested.
@@ -349,6 +350,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def resolve_profile(profiles: dict, name: str, where: str, _seen: tuple[str, ...] = ()) -> dict:
+    """The override set of profile ``name``; a profile with ``extends: other`` is ``other``'s
+    set with its own values merged over it (recursively)."""
+    if name not in profiles:
+        context = f"profiles.{_seen[-1]}.extends" if _seen else "profiles"
+        raise ConfigError(f"{where}: {context}: unknown profile '{name}' (expected one of: {', '.join(profiles) or 'none defined'})")
+    if name in _seen:
+        raise ConfigError(f"{where}: profiles.{_seen[-1]}.extends: cycle {' -> '.join((*_seen, name))} (expected a chain ending in a profile without extends)")
+    prof = profiles[name]
+    if not isinstance(prof, dict):
+        raise ConfigError(f"{where}: profiles.{name}: expected a mapping of config values (got {prof!r})")
+    prof = dict(prof)
+    parent = prof.pop("extends", None)
+    if parent is None:
+        return prof
+    if not isinstance(parent, str):
+        raise ConfigError(f"{where}: profiles.{name}.extends: expected a profile name (got {parent!r})")
+    return deep_merge(resolve_profile(profiles, parent, where, (*_seen, name)), prof)
+
+
 def build_config(
     data: dict,
     where: str,
@@ -359,9 +380,7 @@ def build_config(
     data = copy.deepcopy(data)
     profiles = data.pop("profiles", {}) or {}
     if profile is not None:
-        if profile not in profiles:
-            raise ConfigError(f"{where}: profiles: unknown profile '{profile}' (expected one of: {', '.join(profiles) or 'none defined'})")
-        data = deep_merge(data, profiles[profile])
+        data = deep_merge(data, resolve_profile(profiles, profile, where))
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value, f"{where}: override {key}")
     from tood.validate import validate_config  # tood.validate imports this module
