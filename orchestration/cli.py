@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grid", nargs="*", help="grid files (several: one launch, identical trials trained once)")
     r.add_argument("--all", action="store_true", help="every paper study in experiments/ (all grids but smoke) in one launch")
     r.add_argument("--rerun", action="store_true", help="train every trial, even one whose key has a finished run in the store")
-    r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic) or coco")
+    r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic, 16 epochs), proxy_long (the same, 32 epochs) or coco")
     r.add_argument("--seeds", help="comma-separated seeds replacing the grid's, e.g. 0,1")
     r.add_argument("--address", help="join a Ray cluster: auto, host:port or ray://host:port (default: local Ray)")
     r.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed, e.g. 0.5 (per worker with --workers-per-trial)")

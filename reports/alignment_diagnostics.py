@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tood-ablate diagnose", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid file whose rows to diagnose, e.g. experiments/table6_alignment.yaml")
     p.add_argument("--storage", default="runs/ray", help="Tune storage folder of the launches (as `tood-ablate run --storage-path`; default runs/ray)")
-    p.add_argument("--profile", default="proxy")
+    p.add_argument("--profile", default="proxy", help="the profile the trials were trained with (default proxy)")
     p.add_argument("--seeds", help="comma-separated seeds replacing the grid's")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the overrides the trials were trained with, as given to `tood-ablate run --set` (a trial is "
