@@ -34,7 +34,7 @@ class StudyReport:
 def build_study_report(client: MlflowClient, data: StudyData, host: Machine | None = None) -> StudyReport:
     """Summarise ``data`` and build its tables (``host``: the machine note; default: this one)."""
     rows = summarize(data)
-    main = build_table(data.table, rows, data.study)
+    main = build_table(data.table, rows, data.study, data.parent_name)
     comparisons = compare(data.study, data.table, rows, data.trials)
     records = trial_compute(client, data.trials)
     key, name = main.key, data.study

@@ -154,7 +154,7 @@ def _n_cell(row: RowSummary | None) -> str:
     return f"{row.n} ({', '.join(extra)})" if extra else str(row.n)
 
 
-def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None) -> list[str]:
+def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None, launch: str | None = None) -> list[str]:
     notes = ["Ours: mean ± sample std (ddof=1) (n finished seeds with a value); a single value when "
              "n = 1; (paper): the paper's number; '-': no value."]
     if any(DISAGREE in cell for r in table_rows for cell in r):
@@ -163,7 +163,7 @@ def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | 
     for row in rows:
         if row.status == "interrupted":
             notes.append(f"{row.label}: interrupted (no finished trial; the launch was stopped before it "
-                         "finished: `tood-ablate resume <launch>` trains the rest).")
+                         f"finished: `tood-ablate resume {launch or '<launch>'}` trains the rest).")
         elif row.status != "ok":
             notes.append(f"{row.label}: {row.status} (no finished trial).")
         notes.extend(f"{row.label}, {e}" for e in row.errors)
@@ -171,7 +171,7 @@ def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | 
 
 
 def compare_table(key: str, caption: str, first: str, rows: list[RowSummary],
-                  metrics: tuple[str, ...], ref: RowSummary | None, ref_name: str) -> Table:
+                  metrics: tuple[str, ...], ref: RowSummary | None, ref_name: str, launch: str | None = None) -> Table:
     """One line per row: n, ours and paper per metric, then AP minus the reference row's."""
     header = [first, "n"] + [h for m in metrics for h in (metric_label(m), f"{metric_label(m)} (paper)")]
     if ref is not None:
@@ -180,7 +180,7 @@ def compare_table(key: str, caption: str, first: str, rows: list[RowSummary],
     for row in rows:
         cells = [row.label, _n_cell(row)] + [c for m in metrics for c in _metric_cells(row, m, ref)]
         body.append(cells + (_delta_cells(row, ref, "AP") if ref is not None else []))
-    notes = _notes(rows, body, ref_name)
+    notes = _notes(rows, body, ref_name, launch)
     if ref is not None:
         notes.insert(1, f"ΔAP: AP minus the AP of {ref_name}.")
     if ref is None and ref_name:
@@ -188,7 +188,7 @@ def compare_table(key: str, caption: str, first: str, rows: list[RowSummary],
     return Table(key, caption, header, body, notes)
 
 
-def table1(rows: list[RowSummary]) -> Table:
+def table1(rows: list[RowSummary], launch: str | None = None) -> Table:
     """Detectors as rows, {parallel, T-head} x {AP, AP50, AP75} as columns, T-head minus parallel."""
     detectors: dict[str, dict[str, RowSummary]] = {}
     for row in rows:
@@ -204,13 +204,13 @@ def table1(rows: list[RowSummary]) -> Table:
         cells += [c for m in AP_METRICS for c in _metric_cells(par, m, None)]
         cells += [c for m in AP_METRICS for c in _metric_cells(th, m, par)]
         body.append(cells + _delta_cells(th, par, "AP"))
-    notes = _notes(rows, body, "the parallel head of the same detector")
+    notes = _notes(rows, body, "the parallel head of the same detector", launch)
     notes.insert(1, "ΔAP: AP of the T-head minus AP of the parallel head of the same detector.")
     return Table("table1", "Table 1: head structure, parallel head vs T-head (AP / AP50 / AP75)",
                  header, body, notes)
 
 
-def topm(rows: list[RowSummary]) -> Table:
+def topm(rows: list[RowSummary], launch: str | None = None) -> Table:
     """Top-m of TAL: one column per m (ascending), AP ours/paper and minus m = 13."""
     rows = sorted(rows, key=lambda r: (math.isnan(top_m(r)), top_m(r)))
     ref = reference("topm", rows)
@@ -222,7 +222,7 @@ def topm(rows: list[RowSummary]) -> Table:
             ["AP (paper)"] + [c[1] for c in metric_rows],
             ["ΔAP"] + [d[0] for d in delta_rows],
             ["ΔAP (paper)"] + [d[1] for d in delta_rows]]
-    notes = _notes(rows, body, "m=13")
+    notes = _notes(rows, body, "m=13", launch)
     notes.insert(1, "ΔAP: AP minus the AP of m=13.")
     if ref is None:
         notes.append("No differences: the grid has no row with m = 13.")
@@ -239,12 +239,13 @@ def main_metrics(table: str, rows: list[RowSummary]) -> tuple[str, ...]:
     return tuple(m for m in FINAL_METRICS if m in AP_METRICS or m in with_paper)
 
 
-def build_table(table: str, rows: list[RowSummary], study: str = "") -> Table:
-    """The layout named by the parent's tood.table tag; unknown names get the generic layout."""
+def build_table(table: str, rows: list[RowSummary], study: str = "", launch: str | None = None) -> Table:
+    """The layout named by the parent's tood.table tag; unknown names get the generic layout.
+    ``launch``: the launch's name, for the note on how to finish interrupted rows."""
     if table == "table1":
-        return table1(rows)
+        return table1(rows, launch)
     if table == "topm":
-        return topm(rows)
+        return topm(rows, launch)
     captions = {"table2": ("Table 2: sample assignment (AP / AP50 / AP75)", "Assignment"),
                 "table3": ("Table 3: TOOD against ATSS, anchor-free and anchor-based (AP / AP50 / AP75)",
                            "Method"),
@@ -253,11 +254,11 @@ def build_table(table: str, rows: list[RowSummary], study: str = "") -> Table:
     if table in captions:
         caption, first = captions[table]
         return compare_table(table, caption, first, rows, PAPER_COLUMNS[table], reference(table, rows),
-                             REFERENCE_NAMES.get(table, ""))
-    return generic(rows, table, study)
+                             REFERENCE_NAMES.get(table, ""), launch)
+    return generic(rows, table, study, launch)
 
 
-def generic(rows: list[RowSummary], table: str, study: str) -> Table:
+def generic(rows: list[RowSummary], table: str, study: str, launch: str | None = None) -> Table:
     """Rows by label with the columns of :func:`main_metrics`, ours beside the paper's."""
     metrics = main_metrics(table, rows)
     with_paper = {m for r in rows for m in r.paper}
@@ -268,7 +269,7 @@ def generic(rows: list[RowSummary], table: str, study: str) -> Table:
                                      for c in _metric_cells(r, m, None)[: 2 if m in with_paper else 1]]
             for r in rows]
     return Table(table or "generic", f"{study or table}: {', '.join(metrics)}", header, body,
-                 _notes(rows, body, None))
+                 _notes(rows, body, None, launch))
 
 
 def all_metrics(rows: list[RowSummary], table: str, study: str) -> Table:

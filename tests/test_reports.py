@@ -196,7 +196,7 @@ def test_table6_cells(store):
 
 def test_table2_cells_without_grid_artifact(store):
     data = collect_study(open_client(store.uri), "table2_assignment")
-    t = build_table(data.table, summarize(data), data.study)
+    t = build_table(data.table, summarize(data), data.study, data.parent_name)
     assert [r[0] for r in t.rows] == ["IoU-based", "ATSS", "TAL", "center sampling", "centerness"]
     assert [t.cell("IoU-based", c) for c in ("AP", "AP50", "AP75", "AP75 (paper)")] == \
         ["15.5 ± 0.7 (2)", "30.5 ± 0.7 (2)", "19.0 ± 0.0 (2) †", "38.7"]
@@ -207,7 +207,7 @@ def test_table2_cells_without_grid_artifact(store):
     assert [t.cell("center sampling", c) for c in ("n", "AP50", "ΔAP")] == ["0 (1 running)", "running", "running"]
     # interrupted is not failed: no error to list, and the note says how to finish it
     assert [t.cell("centerness", c) for c in ("n", "AP", "ΔAP")] == ["0 (1 interrupted)", "interrupted", "interrupted"]
-    assert any(n.startswith("centerness: interrupted") and "tood-ablate resume" in n for n in t.notes)
+    assert any(n.startswith("centerness: interrupted") and "`tood-ablate resume t2`" in n for n in t.notes)
     assert not any(n.startswith("centerness, seed") for n in t.notes)
 
 
