@@ -241,7 +241,7 @@ def test_bad_grid_or_options_fail_before_anything_starts(tmp_path, monkeypatch, 
         (["run", str(SMOKE), "--cpus-per-trial", "-1"], "--cpus-per-trial: got -1.0 (expected a number >= 0)"),
         (["run", str(SMOKE), "--workers-per-trial", "0"], "--workers-per-trial: got 0 (expected an integer >= 1)"),
         (["run", str(SMOKE), "--set", "train.epoch=3"], "--set: override train.epoch: unknown key 'train.epoch'; did you mean 'epochs'?"),
-        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy)"),
+        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy, proxy_long)"),
         (["status", "nothing"], "no launch named 'nothing'"),
         (["resume", "nothing"], "no launch named 'nothing'"),
     ]
