@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", default="md,tex,html", help="table files to write (default: md,tex,html)")
     args = parser.parse_args(argv)
     from orchestration.preflight import check_tracking_uri, check_writable
-    from reports.render import FORMATS, write_tables
+    from reports.render import parse_formats, write_tables
     from tood.config import ConfigError
 
     try:
@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give two or more --recipe LABEL URI [LAUNCH] to compare")
     if len({r.label for r in recipes}) < len(recipes):
         parser.error(f"--recipe: labels must differ (got {[r.label for r in recipes]})")
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    if not formats or set(formats) - FORMATS.keys():
-        parser.error(f"--format {args.format!r}: expected a comma-separated subset of {','.join(FORMATS)}")
+    formats = parse_formats(parser, args.format)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         check_writable(args.out, "--out")  # before any MLflow query

@@ -223,6 +223,14 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
     return combined
 
 
+def parse_formats(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
+    """``--format md,html`` -> ("md", "html"); anything but a non-empty subset of FORMATS is a usage error."""
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not formats or set(formats) - FORMATS.keys():
+        parser.error(f"--format {text!r}: expected a comma-separated subset of {','.join(FORMATS)}")
+    return formats
+
+
 def main(argv: list[str] | None = None) -> int:
     """``tood-ablate report STUDY|--all [...]`` (``argv``: the arguments after ``report``)."""
     parser = argparse.ArgumentParser(prog="tood-ablate report", description=__doc__.split("\n\n")[0])
@@ -239,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--all reports every study's latest launch: give no STUDY and no --parent with it")
     if not args.all and args.study is None and args.parent == "latest":
         parser.error("give a STUDY, --all, or --parent RUN_ID")
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    if not formats or set(formats) - FORMATS.keys():
-        parser.error(f"--format {args.format!r}: expected a comma-separated subset of {','.join(FORMATS)}")
+    formats = parse_formats(parser, args.format)
     from orchestration.preflight import check_writable
     from tood.config import ConfigError
 
