@@ -1,10 +1,7 @@
 """How well a suite launch packed its trials, and how many trainings dedup saves.
 
-From the launch record (``<storage>/<name>/tood_launch.json``) and its MLflow runs: the
-launch's wall time (first trial start to last trial end), each trained trial's wall time
-(``attempt_wall_s``, every attempt), the concurrent slots (the machine's CPUs over
-``--cpus-per-trial``, or ``--slots``) and the ideal = sum(trial times) / slots; the goal is
-wall / ideal <= 1.10. Trainings with and without dedup are counted from the grids: every
+Packing (``reports.packing``): the launch's wall time against the ideal = sum(trial times) /
+slots; the goal is wall / ideal <= 1.10. Trainings with and without dedup are counted from the grids: every
 (study, row, seed) without, the distinct trial keys with.
 Writes benchmarks/results/bench_suite_<name>.json (or --out).
 Run: .venv/bin/python benchmarks/bench_suite.py <launch name> [--storage-path runs/ray] [--slots N]
@@ -23,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestration.grid import expand, load_grid  # noqa: E402
-from orchestration.launch import load_launch, suite_grids  # noqa: E402
+from orchestration.launch import suite_grids  # noqa: E402
 from orchestration.suite import unique_trials  # noqa: E402
+from reports.packing import packing  # noqa: E402
 
 
 def dedup_counts(grid_paths: list[Path], seeds: list[int] | None = None) -> dict:
@@ -34,32 +32,6 @@ def dedup_counts(grid_paths: list[Path], seeds: list[int] | None = None) -> dict
     return {"grids": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in grid_paths],
             "without_dedup": sum(len(s) for s in specs), "with_dedup": len(unique),
             "per_study": {s[0].study: len(s) for s in specs}}
-
-
-def packing(name: str, storage: str | None, slots: int | None) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    from orchestration.tracking import REUSED_TAG, child_runs
-
-    info = load_launch(name, storage)
-    client = MlflowClient(info["tracking_uri"])
-    trained, starts, ends = [], [], []
-    for study in info.get("studies") or [{"parent_run_id": info["parent_run_id"]}]:
-        for run in child_runs(client, study["parent_run_id"]):
-            if REUSED_TAG in run.data.tags or run.info.status != "FINISHED":
-                continue
-            attempts = client.get_metric_history(run.info.run_id, "attempt_wall_s")
-            trained.append(sum(m.value for m in attempts))
-            starts.append(run.info.start_time / 1000)
-            ends.append(run.info.end_time / 1000)
-    cpus = info["options"]["cpus_per_trial"]
-    if slots is None:
-        slots = max(1, int(len(os.sched_getaffinity(0)) // cpus)) if cpus else 1
-    wall = max(ends) - min(starts) if trained else 0.0
-    ideal = sum(trained) / slots if trained else 0.0
-    return {"launch": name, "trials_trained": len(trained), "slots": slots, "wall_s": round(wall, 1),
-            "sum_trial_s": round(sum(trained), 1), "ideal_s": round(ideal, 1),
-            "wall_over_ideal": round(wall / ideal, 3) if ideal else None, "trainings": info.get("trainings")}
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """``tood-ablate``: run, resume and inspect ablation grids on Ray Tune; render reports.
 
-Python API: :func:`run_grid`, :func:`resume_launch`, :func:`launch_status`; the CLI
-(:func:`main`) is a thin layer over them. A launch lives in ``<storage>/<name>/``: Ray
+Python API: :func:`run_suite`, :func:`resume_launch`, :func:`launch_status`; the CLI
+(:mod:`tood_ablate.cli`) is a thin layer over them. A launch lives in ``<storage>/<name>/``: Ray
 Tune's experiment state and checkpoints, plus ``tood_launch.json`` (what ``resume`` and
 ``status`` need: MLflow URI, parent run id, options) and ``tood_trials.json``.
 """
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestration.preflight import storage_root
 from orchestration.tuner import make_tuner, ray_runtime, restore_tuner, set_log_level
 from tood.config import ConfigError
 
@@ -55,10 +56,6 @@ class LaunchResult:
     @property
     def ok(self) -> bool:
         return set(self.counts) == {"FINISHED"}
-
-
-def storage_root(path: str | None) -> Path:
-    return Path(path or "runs/ray").resolve()
 
 
 def check_options(opts: LaunchOptions) -> None:
@@ -147,11 +144,6 @@ def _prepare_data(specs: list) -> None:
         ensure_pretrained_backbone(build_config(spec.config, f"trial {spec.name}"), progress=True)
 
 
-def run_grid(grid_path: str | Path, opts: LaunchOptions | None = None) -> LaunchResult:
-    """Validate ``grid_path``, create its MLflow runs and run every trial on Ray Tune."""
-    return run_suite([grid_path], opts)
-
-
 def suite_grids(folder: str | Path | None = None) -> list[Path]:
     """The grid files of every paper study in ``folder`` (``--all``): all but base.yaml, the
     smoke grid and the demo (a one-seed excerpt of Table 6), in name order."""
@@ -173,7 +165,8 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     from orchestration import preflight
     from orchestration.grid import expand, load_grid, resolved_grid
     from orchestration.suite import schedule, unique_trials
-    from orchestration.tracking import copy_result, create_launch_runs, default_tracking_uri, finished_by_key
+    from orchestration.schema import default_tracking_uri
+    from orchestration.tracking import copy_result, create_launch_runs, finished_by_key
     from orchestration.trainable import fault_plan
 
     opts = opts or LaunchOptions()
@@ -315,14 +308,3 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
                          "AP": metrics.get("AP", metrics.get("epoch_AP")), "error": tags.get(ERROR_TAG, ""),
                          "reused_from": tags.get(REUSED_TAG, "")})
     return info, rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``tood-ablate``: see :mod:`orchestration.cli`."""
-    from orchestration.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""MLflow layout of a grid launch (the schema in CONTRACTS.md, read by ``reports``).
+"""MLflow layout of a grid launch (the schema in ``orchestration.schema`` and docs/contracts.md, read by ``reports``).
 
 One experiment per study (``tood-ablate/<study>``), one parent run per launch and one
 nested child run per trial. The driver creates all of them before any trial starts
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -25,19 +24,14 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from orchestration.mlflow_ui import KIND_TAG, experiment_ui_tags
+from orchestration.schema import (ATTEMPTS_TAG, COMMIT_TAG, ERROR_TAG, EXPERIMENT_PREFIX, FACTOR_TAG, KEY_TAG, PAPER_TAG,
+                                  PROFILE_TAG, REUSED_TAG, ROLE_TAG, ROW_INDEX_TAG, ROW_TAG, SEED_TAG, STUDY_TAG, TABLE_TAG)
 from tood.config import flatten
 from tood.eval.alignment import PCC_PROTOCOL
 
-EXPERIMENT_PREFIX = "tood-ablate/"
 ACTIVE = ("RUNNING", "SCHEDULED")
-ERROR_TAG, ATTEMPTS_TAG = "tood.error", "tood.attempts"
-KEY_TAG, REUSED_TAG = "tood.trial_key", "tood.reused_from"  # see orchestration.suite
 T = TypeVar("T")
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else an embedded sqlite store ``<cwd>/mlruns.db`` (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
 
 
 def git_commit() -> str:
@@ -75,10 +69,8 @@ def ensure_experiment(client: MlflowClient, study: str) -> str:
     """Id of experiment ``tood-ablate/<study>``; created with artifacts under ``<cwd>/mlartifacts``
     for a local (sqlite/file) store, under the server's artifact root otherwise. It is tagged as
     a model-training experiment (the UI opens on its runs, not the GenAI overview) with a saved
-    view of the paper's metric columns (reports.mlflow_ui); an older experiment without the
+    view of the paper's metric columns (orchestration.mlflow_ui); an older experiment without the
     kind tag gets the tags on its next launch."""
-    from reports.mlflow_ui import KIND_TAG, experiment_ui_tags
-
     name = EXPERIMENT_PREFIX + study
     exp = client.get_experiment_by_name(name)
     ui_tags = experiment_ui_tags(int(time.time() * 1000))
@@ -111,11 +103,11 @@ def trial_tags(spec: Any, parent_id: str, commit: str) -> dict[str, str]:
 
     return {
         KEY_TAG: trial_key(spec.config),
-        "mlflow.parentRunId": parent_id, "tood.role": "trial", "tood.study": spec.study, "tood.table": spec.table,
-        "tood.row": spec.row_label, "tood.row_index": str(spec.row_index), "tood.profile": spec.profile,
-        "tood.seed": str(spec.seed), "tood.git_commit": commit, ATTEMPTS_TAG: "0",
-        **{f"tood.factor.{k}": str(v) for k, v in spec.factors.items()},
-        **{f"tood.paper.{k}": str(v) for k, v in spec.paper.items()},
+        "mlflow.parentRunId": parent_id, ROLE_TAG: "trial", STUDY_TAG: spec.study, TABLE_TAG: spec.table,
+        ROW_TAG: spec.row_label, ROW_INDEX_TAG: str(spec.row_index), PROFILE_TAG: spec.profile,
+        SEED_TAG: str(spec.seed), COMMIT_TAG: commit, ATTEMPTS_TAG: "0",
+        **{f"{FACTOR_TAG}{k}": str(v) for k, v in spec.factors.items()},
+        **{f"{PAPER_TAG}{k}": str(v) for k, v in spec.paper.items()},
     }
 
 
@@ -168,9 +160,9 @@ def create_launch_runs(client: MlflowClient, study: str, table: str, profile: st
     enable_wal(client.tracking_uri)
     commit = git_commit()
     parent = client.create_run(exp_id, run_name=launch_name, tags={
-        "tood.role": "parent", "tood.study": study, "tood.table": table, "tood.profile": profile,
+        ROLE_TAG: "parent", STUDY_TAG: study, TABLE_TAG: table, PROFILE_TAG: profile,
         "tood.grid_file": grid_file, "tood.seeds": ",".join(str(s) for s in grid_yaml["seeds"]),
-        "tood.num_trials": str(len(specs)), "tood.git_commit": commit,
+        "tood.num_trials": str(len(specs)), COMMIT_TAG: commit,
     }).info.run_id
     _log_yaml(client, parent, "grid.yaml", grid_yaml)
     child_ids = []

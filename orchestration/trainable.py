@@ -23,6 +23,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestration import tracking
+from orchestration.host import host_tag
+from orchestration.schema import CPUS_TAG, GPUS_TAG, HOST_TAG
 from tood.config import build_config
 
 FAIL_ONCE_ENV = "TOOD_FAIL_ONCE_AT_EPOCH"  # fault injection (tests): fail once after this epoch's checkpoint
@@ -151,12 +153,9 @@ def _log_attempt(client: MlflowClient, trial: dict[str, Any], number: int, t0: f
     """Wall time of this attempt (failed ones too: the compute report counts them) and the
     resources it held, for the report's compute accounting."""
     tracking.log_metrics(client, trial["run_id"], {"attempt_wall_s": time.monotonic() - t0}, step=number)
-    from reports.compute import host_tag
-
-    for name in ("cpus", "gpus"):
-        tracking.retry(client.set_tag, trial["run_id"], f"tood.{name}_per_trial",
-                       str(trial[f"{name}_per_worker"] * trial["workers"]))
-    tracking.retry(client.set_tag, trial["run_id"], "tood.host", host_tag())
+    for tag, name in ((CPUS_TAG, "cpus"), (GPUS_TAG, "gpus")):
+        tracking.retry(client.set_tag, trial["run_id"], tag, str(trial[f"{name}_per_worker"] * trial["workers"]))
+    tracking.retry(client.set_tag, trial["run_id"], HOST_TAG, host_tag())
 
 
 def _fill_aliases(client: MlflowClient, trial: dict[str, Any]) -> None:

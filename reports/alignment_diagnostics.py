@@ -22,9 +22,9 @@ import torch
 
 from orchestration.grid import TrialSpec, expand_grid
 from orchestration.preflight import check_writable
+from orchestration.host import machine
 from orchestration.suite import trial_key
 from orchestration.tracking import git_commit
-from reports.compute import machine
 from reports.stats import LEVEL, difference, mean_interval
 from tood.build import model_from_checkpoint
 from tood.config import ConfigError, build_config, parse_override

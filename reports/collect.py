@@ -1,4 +1,4 @@
-"""Read a study's runs from MLflow into pandas (schema: CONTRACTS.md, "MLflow schema").
+"""Read a study's runs from MLflow into pandas (schema: ``orchestration.schema``, docs/contracts.md).
 
 A study is the experiment ``tood-ablate/<study>``. One launch of its grid is a parent run
 (tag ``tood.role=parent``, artifact ``grid.yaml``); its nested child runs are the trials,
@@ -8,7 +8,6 @@ one per grid row and seed. Only the MlflowClient API is used, so a sqlite store
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +18,19 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-EXPERIMENT_PREFIX = "tood-ablate/"
+from orchestration.schema import (ATTEMPTS_TAG, COMMIT_TAG, CPUS_TAG, ERROR_TAG, EXPERIMENT_PREFIX, FACTOR_TAG, GPUS_TAG,
+                                  HOST_TAG, KEY_TAG, PAPER_TAG, REUSED_TAG, ROW_INDEX_TAG, ROW_TAG, SEED_TAG, TABLE_TAG,
+                                  experiment_name)
+
 FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou",
                  "n_correct", "n_redundant", "n_error")
 EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
-FACTOR_TAG, PAPER_TAG = "tood.factor.", "tood.paper."
 # Trial columns that are not metrics (nor factor.* / paper.* columns).
 BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
                 "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial", "host")
 # Tags read into the columns of the same name ('' when absent: stores older than the tag).
-TAG_COLUMNS = {"attempts": "tood.attempts", "reused_from": "tood.reused_from", "trial_key": "tood.trial_key",
-               "cpus_per_trial": "tood.cpus_per_trial", "gpus_per_trial": "tood.gpus_per_trial", "host": "tood.host"}
+TAG_COLUMNS = {"attempts": ATTEMPTS_TAG, "reused_from": REUSED_TAG, "trial_key": KEY_TAG, "cpus_per_trial": CPUS_TAG,
+               "gpus_per_trial": GPUS_TAG, "host": HOST_TAG}
 
 
 class NoRunsError(LookupError):
@@ -66,15 +67,6 @@ class StudyData:
     grid_source: str
     trials: pd.DataFrame
     common_params: dict[str, str]
-
-
-def experiment_name(study: str) -> str:
-    return EXPERIMENT_PREFIX + study
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else the project's sqlite store ./mlruns.db (absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlruns.db').resolve()}"
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
@@ -131,10 +123,10 @@ def _trial_record(run: Run) -> dict:
     tags, info = run.data.tags, run.info
     record = {
         "run_id": info.run_id, "run_name": info.run_name, "status": info.status,
-        "row": tags.get("tood.row", info.run_name),
-        "row_index": int(tags.get("tood.row_index", -1)),
-        "seed": int(tags["tood.seed"]) if "tood.seed" in tags else -1,
-        "error": tags.get("tood.error", ""), "git_commit": tags.get("tood.git_commit", ""),
+        "row": tags.get(ROW_TAG, info.run_name),
+        "row_index": int(tags.get(ROW_INDEX_TAG, -1)),
+        "seed": int(tags[SEED_TAG]) if SEED_TAG in tags else -1,
+        "error": tags.get(ERROR_TAG, ""), "git_commit": tags.get(COMMIT_TAG, ""),
         "start_time": info.start_time,
         **{column: tags.get(tag, "") for column, tag in TAG_COLUMNS.items()},
     }
@@ -256,8 +248,7 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
                           f"experiment {experiment.name!r} has no trials and no grid.yaml "
                           f"(tracking URI {client.tracking_uri})")
     tags = parent_run.data.tags
-    table = tags.get("tood.table") or next((r.data.tags["tood.table"] for r in runs
-                                            if "tood.table" in r.data.tags), "smoke")
+    table = tags.get(TABLE_TAG) or next((r.data.tags[TABLE_TAG] for r in runs if TABLE_TAG in r.data.tags), "smoke")
     return StudyData(
         study=study, table=table, tracking_uri=client.tracking_uri,
         experiment_name=experiment.name, experiment_id=experiment.experiment_id,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 from dataclasses import dataclass
-from importlib import metadata
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from orchestration.host import Machine
 from reports.cells import NO_VALUE
 from reports.tables import RowSummary, Table
 
@@ -49,19 +47,6 @@ class TrialCompute:
     @property
     def gpu_h(self) -> float:
         return 0.0 if self.wall_s == 0 else self.wall_s * self.gpus / 3600
-
-
-@dataclass(frozen=True)
-class Machine:
-    """The host and library versions (``torch`` etc. as installed where the report runs)."""
-
-    cpu: str
-    cores: int
-    gpu: str
-    torch: str
-    ray: str
-    mlflow: str
-    recorded: bool = False  # read from the trials' tood.host tags, not this host
 
 
 def _float(text: object) -> float:
@@ -111,28 +96,6 @@ def _cells(records: list[TrialCompute]) -> list[str]:
 
 COMPUTE_HEADER = ["Row", "trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h", "reused",
                   "partly unrecorded"]
-
-
-def machine() -> Machine:
-    """This host: CPU model (/proc/cpuinfo, else platform), logical cores, CUDA GPUs (or 'none')."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import torch
-
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return Machine(cpu, os.cpu_count() or 0, ", ".join(gpus) or "none", metadata.version("torch"),
-                   metadata.version("ray"), metadata.version("mlflow"))
-
-
-def host_tag() -> str:
-    """The ``tood.host`` tag a trial writes where it runs (read back by :func:`recorded_machine`)."""
-    m = machine()
-    return json.dumps({"cpu": m.cpu, "cores": m.cores, "gpu": m.gpu, "torch": m.torch, "ray": m.ray, "mlflow": m.mlflow,
-                       "recorded": True})
 
 
 def recorded_machine(trials: pd.DataFrame) -> Machine | None:

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from reports.claims import Comparison, compare, comparisons_table
 from reports.collect import StudyData
-from reports.compute import Machine, TrialCompute, compute_table, machine, recorded_machine, summary_compute_table, trial_compute
+from orchestration.host import Machine, machine
+from reports.compute import TrialCompute, compute_table, recorded_machine, summary_compute_table, trial_compute
 from reports.tables import RowSummary, Table, all_metrics, build_table, summarize
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.collect import StudyData, collect_study, default_tracking_uri, list_studies, open_client
+from orchestration.schema import default_tracking_uri
+from reports.collect import StudyData, collect_study, list_studies, open_client
 
 COLUMNS = ("study", "row", "seed", "status", "AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "PCC_spearman",
            "PCC_image", "pcc_n_mean", "top10_iou", "n_correct", "n_redundant", "n_error", "run_id", "reused_from",

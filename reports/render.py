@@ -23,12 +23,13 @@ from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from orchestration.mlflow_ui import view_url
+from orchestration.schema import default_tracking_uri
 from reports import plots
-from reports.collect import (NoRunsError, StudyData, collect_study, default_tracking_uri, list_studies,
+from reports.collect import (NoRunsError, StudyData, collect_study, list_studies,
                              metric_histories, open_client)
 from reports.document import StudyReport, build_study_report, rows_frame, summary_tables
 from reports.formats import to_html, to_latex, to_markdown
-from reports.mlflow_ui import view_url
 from reports.tables import RowSummary, Table
 
 FORMATS = {"md": to_markdown, "tex": to_latex, "html": to_html}

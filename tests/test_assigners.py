@@ -81,6 +81,19 @@ def test_tal_matches_reference_when_scores_are_one(seed):
     _check(res, _refs(tal_reference, p, gt, lab, m, s, topk=13))
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.5])
+@pytest.mark.parametrize("beta", [1.0, 4.0, 6.0])
+@pytest.mark.parametrize("seed", range(2))
+def test_tal_matches_reference_with_low_scores(alpha, beta, seed):
+    """Table 4's alphas with scores in [0.01, 0.2]: the pruning bound must use max(s)^alpha, which
+    for alpha < 1 is larger than max(s) (bounding with max(s) prunes pairs that belong in the top-k)."""
+    s, p, gt, lab, m = _random_batch(seed)
+    s = torch.rand(s.shape, generator=torch.Generator().manual_seed(100 + seed)) * 0.19 + 0.01
+    res = TaskAlignedAssigner(C, topk=13, alpha=alpha, beta=beta)(PRIORS, s, p, gt, lab, m)
+    _check(res, _refs(tal_reference, p, gt, lab, m, s, topk=13, alpha=alpha, beta=beta))
+    assert res.fg_mask[0].sum() > 10 and not res.fg_mask[2].any()
+
+
 def test_tal_tie_rule_lower_prior_first():
     """Every prediction identical: t ties within each GT; the lower prior indices fill the top-k."""
     s, p, gt, lab, m = _random_batch(5)

@@ -119,7 +119,7 @@ def services(tmp_path):
 
 def test_smoke_grid_on_a_ray_cluster_with_an_mlflow_server(tmp_path, services):
     uri = services["tracking_uri"]
-    cmd = [sys.executable, "-m", "orchestration.launch", "run", str(SMOKE), "--name", "cluster", "--address", services["address"],
+    cmd = [sys.executable, "-m", "tood_ablate", "run", str(SMOKE), "--name", "cluster", "--address", services["address"],
            "--tracking-uri", uri, "--storage-path", str(tmp_path / "shared"), "--quiet"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=services["env"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -144,6 +144,6 @@ def test_smoke_grid_on_a_ray_cluster_with_an_mlflow_server(tmp_path, services):
     assert worker_logs and not list(tmp_path.glob("**/session_*"))
     assert (tmp_path / "shared/cluster/tood_launch.json").is_file()
 
-    status = subprocess.run([sys.executable, "-m", "orchestration.launch", "status", "cluster", "--storage-path", str(tmp_path / "shared")],
+    status = subprocess.run([sys.executable, "-m", "tood_ablate", "status", "cluster", "--storage-path", str(tmp_path / "shared")],
                             cwd=tmp_path, env=services["env"], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and status.stdout.count("FINISHED  head=") == 2, status.stdout + status.stderr

@@ -55,7 +55,7 @@ def test_cli_writes_the_table_and_refuses_bad_recipes(tmp_path):
     assert "The paper's claims under A / B" in text and CLAIM_PCC in text
     # a launch name selects that launch of each study: t6-old has one row, so no claim to compare
     assert main(["--recipe", "A", a_uri, "--recipe", "old", a_uri, "t6-old", "--out", str(tmp_path / "out")]) == 2
-    cli = [sys.executable, "-m", "orchestration.launch", "compare"]
+    cli = [sys.executable, "-m", "tood_ablate", "compare"]
     cases = {("--recipe", "A", a_uri): "give two or more --recipe",
              ("--recipe", "A", a_uri, "--recipe", "A", b_uri): "labels must differ",
              ("--recipe", "A", a_uri, "--recipe", "B"): "expected LABEL URI [LAUNCH]",

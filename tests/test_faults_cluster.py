@@ -69,7 +69,7 @@ def _mlflow_server(tmp: Path, port: int, env: dict, log: str) -> Service:
 
 
 def _driver(tmp: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "orchestration.launch", "run", *args, "--storage-path", str(tmp / "ray"),
+    return subprocess.Popen([sys.executable, "-m", "tood_ablate", "run", *args, "--storage-path", str(tmp / "ray"),
                              "--quiet"], cwd=tmp, env=env, stdout=(tmp / "driver.log").open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

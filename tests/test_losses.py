@@ -115,6 +115,53 @@ def test_criterion_ignores_label_minus_one():
     assert a - b == pytest.approx(2 * 0.75 * 0.25 * math.log(2) / 2, rel=1e-5)
 
 
+def _centerness_case():
+    """Anchors 0, 1 (points (0, 0), (8, 0)) positive for GT [-4, -4, 20, 4] (24 x 8, area 192).
+
+    Centerness, sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)):
+      point (0, 0): l = 4, r = 20, t = b = 4 -> sqrt(4/20 * 1) = sqrt(0.2)
+      point (8, 0): l = r = 12, t = b = 4   -> 1
+    """
+    priors = make_priors([(1, 3)], strides=(8,))
+    gt = torch.tensor([[[-4.0, -4.0, 20.0, 4.0]]])
+    res = AssignResult(
+        labels=torch.tensor([[0, 0, 1]]),  # C = 1: anchors 0, 1 positive, anchor 2 background
+        boxes=torch.cat([gt[0], gt[0], torch.zeros(1, 4)])[None],
+        scores=torch.tensor([[1.0, 1.0, 0.0]]),
+        fg_mask=torch.tensor([[True, True, False]]),
+        gt_index=torch.tensor([[0, 0, -1]]),
+    )
+    pred_boxes = torch.tensor([[[-4.0, -4.0, 14.0, 4.0], [0.0, -8.0, 28.0, 0.0], [0.0, 0.0, 1.0, 1.0]]])
+    outputs = {"cls_logits": torch.zeros(1, 3, 1), "boxes": pred_boxes, "priors": priors,
+               "centerness": torch.tensor([[math.log(4.0), 0.0, 5.0]])}  # p = 0.8, 0.5 on the positives
+    return gt, res, outputs
+
+
+def test_criterion_centerness_weighted_box_loss_hand_value():
+    """The ATSS warm-up phase (and ATSS / IoU-based / centre sampling by default): GIoU loss
+    weighted by the centerness of each positive's point, normalised by the sum of the weights."""
+    gt, res, outputs = _centerness_case()
+    crit = TOODCriterion(1, Phase(FixedAssigner(res), "hard", "num_pos", "centerness"), reg_weight=2.0)
+    out = crit(outputs, gt, torch.tensor([[0]]), torch.tensor([[True]]), epoch=0)
+    # anchor 0: [-4, -4, 14, 4] lies inside the GT: IoU = 18*8 / 192 = 0.75 = GIoU -> loss 0.25
+    # anchor 1: [0, -8, 28, 0] (area 224): inter 20*4 = 80, union 192 + 224 - 80 = 336, enclosing
+    #   [-4, -8, 28, 4] = 32*12 = 384: GIoU = 80/336 - 48/384 = 5/21 - 1/8 = 19/168 -> loss 149/168
+    c0, c1 = math.sqrt(0.2), 1.0
+    expected = 2.0 * (c0 * 0.25 + c1 * 149 / 168) / (c0 + c1)  # = 1.3802 (unweighted: 1.1369)
+    assert out.terms["loss_box"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_criterion_centerness_loss_hand_value():
+    """BCE of the centerness logits against the centerness targets, summed over positives / num_pos."""
+    gt, res, outputs = _centerness_case()
+    crit = TOODCriterion(1, Phase(FixedAssigner(res), "hard", "num_pos", "centerness"))
+    out = crit(outputs, gt, torch.tensor([[0]]), torch.tensor([[True]]), epoch=0)
+    c0 = math.sqrt(0.2)
+    bce0 = -(c0 * math.log(0.8) + (1 - c0) * math.log(0.2))  # p = 0.8, target sqrt(0.2): 0.98948
+    bce1 = math.log(2)  # p = 0.5, target 1
+    assert out.terms["loss_centerness"].item() == pytest.approx((bce0 + bce1) / 2, rel=1e-5)  # = 0.84131
+
+
 def test_criterion_gfl_box_weight_is_the_max_predicted_score():
     """GFL (Table 2's ATSS + QFL): GIoU weighted by each positive's highest class probability,
     normalised by the sum of those weights."""

@@ -1,6 +1,6 @@
 """The MLflow UI on a study: a real ``mlflow server`` on 127.0.0.1 over a store with a small
 grid's runs (created as orchestration.tracking lays them out), rendered by headless Chromium
-(playwright driving the Debian ``chromium``). The experiment's runs address (reports.mlflow_ui)
+(playwright driving the Debian ``chromium``). The experiment's runs address (orchestration.mlflow_ui)
 must open on the runs table (the model-training view, not the GenAI overview) with the
 parent run and, unfolded, its child runs; the saved paper view must show the AP column with
 the trials' values."""
@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from orchestration.tracking import ensure_experiment  # noqa: E402
-from reports.mlflow_ui import KIND_TAG, PAPER_VIEW, TRAINING_KIND, VIEW_TAG_PREFIX, runs_url, view_url  # noqa: E402
+from orchestration.mlflow_ui import KIND_TAG, PAPER_VIEW, TRAINING_KIND, VIEW_TAG_PREFIX, runs_url, view_url  # noqa: E402
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

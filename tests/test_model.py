@@ -307,6 +307,7 @@ def test_task_decomposition_matches_explicit_layer_weighting(layer_attention):
 @pytest.mark.parametrize("head_cls", [TOODHead, ParallelHead])
 @pytest.mark.parametrize("anchor_type", ["anchor_based", "anchor_free"])
 def test_box_decode_matches_box_coders(head_cls, anchor_type):
+    """The head decodes through tood.boxes' coders (pinned to hand-computed values in tests/test_boxes.py)."""
     torch.manual_seed(0)
     kw = dict(offsets=False) if head_cls is TOODHead else {}
     head = head_cls(3, in_channels=8, feat_channels=8, stacked_convs=2, gn_groups=2, anchor_type=anchor_type, **kw)

@@ -21,11 +21,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestration.grid import expand_grid, load_grid, resolved_grid
-from orchestration.launch import main
 from orchestration.progress import counts, describe, trial_line
 from orchestration.tracking import create_launch_runs, finish_trial, log_metrics, reconcile, record_error, start_attempt
 from tood.config import build_config, flatten
 from tood.eval.alignment import PCC_PROTOCOL
+from tood_ablate.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "experiments/smoke.yaml"
@@ -44,7 +44,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestration.launch", *args]
+    return [sys.executable, "-m", "tood_ablate", *args]
 
 
 class Driver:
@@ -177,21 +177,22 @@ def test_smoke_grid_end_to_end(launch, monkeypatch):
 
 @pytest.mark.slow
 def test_publish_results_of_a_launch_trained_with_set(launch):
-    """scripts/publish_results.sh on a launch run with --set: the report, the per-seed CSV with
-    the command in its header, the packing JSON, the PCC diagnostics of the trials the launch
-    trained (found with the launch's --set: PCC@50 equals the logged PCC) and a copy of the store."""
+    """`tood-ablate publish` of a launch run with --set: the report, the per-seed CSV with the
+    command in its header, the packing JSON, the PCC diagnostics of the trials the launch trained
+    (found with the launch's --set: PCC@50 equals the logged PCC), a copy of the store and the
+    folder's index entry."""
     driver = launch.start("run", str(SMOKE), "--name", "pub", "--set", "train.epochs=1")
     assert driver.wait(timeout=600) == 0, driver.output()
     _, _, children = _study_runs(launch.uri)
     out = launch.path / "published"
-    env = _env(DIAGNOSE="smoke", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    proc = subprocess.run(["bash", str(ROOT / "scripts/publish_results.sh"), str(launch.path / "mlruns.db"), str(launch.path / "ray"),
-                           "pub", str(out), "tood-ablate run experiments/smoke.yaml --set train.epochs=1"],
-                          cwd=launch.path, env=env, capture_output=True, text=True, timeout=600)
+    command = "tood-ablate run experiments/smoke.yaml --set train.epochs=1"
+    proc = subprocess.run(_cli("publish", "--tracking-uri", launch.uri, "--out", str(out), "--command", command,
+                               "--launch", "pub", "--storage-path", str(launch.path / "ray"), "--diagnose", str(SMOKE)),
+                          cwd=launch.path, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (out / "smoke" / "report.html").is_file() and (out / "report.html").is_file()
-    assert "command: tood-ablate run experiments/smoke.yaml --set train.epochs=1" in (out / "per_seed.csv").read_text()
-    assert json.loads((out / "suite_packing.json").read_text())["packing"]["trials_trained"] == 2
+    assert f"command: {command}" in (out / "per_seed.csv").read_text()
+    assert json.loads((out / "suite_packing.json").read_text())["trials_trained"] == 2
     diag = json.loads((out / "alignment_diagnostics_smoke.json").read_text())
     assert "--set=train.epochs=1" in diag["command"]
     by_row = {t["row"]: t["measures"] for t in diag["trials"]}
@@ -199,6 +200,8 @@ def test_publish_results_of_a_launch_trained_with_set(launch):
         assert by_row[run.data.tags["tood.row"]]["PCC@50"] == pytest.approx(run.data.metrics["PCC"], abs=1e-6)
     copied = _study_runs(f"sqlite:///{out / 'mlruns.db'}")[2]
     assert {n: r.data.metrics["AP"] for n, r in copied.items()} == {n: r.data.metrics["AP"] for n, r in children.items()}
+    entry = yaml.safe_load((launch.path / "index.yaml").read_text())["folders"]["published"]
+    assert entry["launch"] == "pub" and entry["command"] == command and entry["studies"]["smoke"]["launch"] == "pub"
     assert not (ROOT / "benchmarks/results/bench_suite_pub.json").exists()  # nothing written into the repository
 
 

@@ -19,7 +19,7 @@ from scipy import stats  # noqa: E402
 
 from reports.claims import compare  # noqa: E402
 from reports.collect import collect_study, open_client  # noqa: E402
-from reports.compute import Machine  # noqa: E402
+from orchestration.host import Machine  # noqa: E402
 from reports.document import build_study_report, rows_frame  # noqa: E402
 from reports.stats import (AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, NONE, PAIRED, WELCH, WITHIN,  # noqa: E402
                            Difference, difference, verdict)
@@ -233,7 +233,7 @@ def test_rows_csv_frame(t3):
 
 def test_study_experiment_ui_tags(tmp_path, monkeypatch):
     from orchestration.tracking import ensure_experiment
-    from reports.mlflow_ui import KIND_TAG, PAPER_VIEW, TRAINING_KIND, VIEW_TAG_PREFIX, view_url
+    from orchestration.mlflow_ui import KIND_TAG, PAPER_VIEW, TRAINING_KIND, VIEW_TAG_PREFIX, view_url
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
@@ -274,7 +274,8 @@ def test_machine_note_prefers_the_host_the_trials_recorded():
 
     import pandas as pd
 
-    from reports.compute import Machine, machine_note, recorded_machine
+    from orchestration.host import Machine
+    from reports.compute import machine_note, recorded_machine
 
     host = {"cpu": "Some CPU", "cores": 16, "gpu": "none", "torch": "2.13.0", "ray": "2.60.0", "mlflow": "3.17.2", "recorded": True}
     one = pd.DataFrame({"host": [json.dumps(host), json.dumps(host), ""]})

@@ -24,7 +24,7 @@ from reports.collect import collect_study, metric_histories, open_client, parse_
 from reports.formats import latex_escape, to_latex, to_markdown  # noqa: E402
 from reports.render import main, render_report  # noqa: E402
 from reports.document import build_study_report, summary_tables  # noqa: E402
-from reports.tables import RowSummary, all_metrics, build_table, summarize  # noqa: E402
+from reports.tables import RowSummary, Table, all_metrics, build_table, summarize  # noqa: E402
 
 T6 = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
 # Table 6 of the paper, per row (label, head, assigner, paper numbers).
@@ -276,42 +276,85 @@ def test_parse_grid_rows_variants():
         parse_grid_rows({"rows": [{"label": "a"}, {"label": "b", "paper": {"AP": "n/a"}}]})
 
 
-def _latex_balanced(tex: str) -> None:
-    body = re.sub(r"\\[{}]", "", tex)
+def _unescaped(char: str, text: str) -> list[str]:
+    r"""Occurrences of ``char`` not written as ``\char``."""
+    return re.findall(r"(?<!\\)" + re.escape(char), text)
+
+
+def _latex_well_formed(tex: str, columns: int) -> None:
+    r"""Structure of one ``to_latex`` table in plain Python: balanced braces, every \begin closed by
+    its \end, paired $, no unescaped _ # % outside \label and comments, a column spec of
+    ``columns`` letters and exactly ``columns - 1`` unescaped & on each tabular row, none elsewhere."""
+    lines = [ln for ln in tex.splitlines() if not ln.startswith("%")]  # the comment line to_latex writes
+    lines = [ln[:-1] if ln.endswith("{%") else ln for ln in lines]  # \resizebox{...}{%: % ends the line
+    body = "\n".join(lines)
     depth = 0
-    for ch in body:
+    for ch in re.sub(r"\\[{}]", "", body):
         depth += {"{": 1, "}": -1}.get(ch, 0)
         assert depth >= 0, "a } closes nothing"
     assert depth == 0, "unbalanced braces"
     stack = []
-    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", tex):
+    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", body):
         if kind == "begin":
             stack.append(env)
         else:
             assert stack and stack.pop() == env, f"\\end{{{env}}} does not close the open environment"
-    assert not stack and tex.count("$") % 2 == 0
+    assert not stack, f"\\begin{{{stack[-1] if stack else ''}}} never closed"
+    assert len(_unescaped("$", body)) % 2 == 0, "unpaired $"
+    text = re.sub(r"\\label\{[^}]*\}", "", body)  # a label may hold _
+    for char in "_#%":
+        assert not _unescaped(char, text), f"unescaped {char!r} in {tex!r}"
+    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", body)
+    assert spec and len(spec.group(1)) == columns
+    top, bottom = lines.index(r"\toprule"), lines.index(r"\bottomrule")
+    rows = [ln for ln in lines[top + 1 : bottom] if ln != r"\midrule"]
+    assert rows and all(len(_unescaped("&", r)) == columns - 1 and r.endswith(r"\\") for r in rows), rows
+    assert not _unescaped("&", "\n".join(lines[:top] + lines[bottom:])), "unescaped & outside the tabular rows"
 
 
-def test_latex_and_markdown_well_formed(store, tmp_path):
-    assert latex_escape("a_b 5% & #1 {x} ± Δ †") == r"a\_b 5\% \& \#1 \{x\} $\pm$ $\Delta$ $^\dagger$"
+def test_latex_checks_catch_unescaped_and_unbalanced_text():
+    table = Table(key="k_1", caption="a_b: 5% & #1 {x}", header=["name_x", "AP %", "#n"],
+                  rows=[["r&d", "1_0", "50%"], ["{a}", "#2", "x"]], notes=["50% of a_b & c #3"])
+    tex = to_latex(table)
+    _latex_well_formed(tex, columns=3)
+    broken = [tex.replace(r"\_", "_", 1), tex.replace(r"\%", "%", 1), tex.replace(r"\#", "#", 1),
+              tex.replace(r"r\&d", "r&d"), tex.replace(r"\&", "&", 1),  # the caption's &
+              tex.replace(r"\{a\}", "{a"), tex.replace(r"\end{tabular}", r"\end{table}"),
+              tex.replace(r"\begin{tabular}{lrr}", r"\begin{tabular}{lr}")]
+    for bad in broken:
+        assert bad != tex
+        with pytest.raises(AssertionError):
+            _latex_well_formed(bad, columns=3)
+
+
+def _report_tables(store):
     data = collect_study(open_client(store.uri), "table6_alignment")
+    report = build_study_report(open_client(store.uri), data)
+    return data, report.tables + summary_tables([report])
+
+
+def test_latex_and_markdown_well_formed(store):
+    assert latex_escape("a_b 5% & #1 {x} ± Δ †") == r"a\_b 5\% \& \#1 \{x\} $\pm$ $\Delta$ $^\dagger$"
+    data, tables = _report_tables(store)
     table = build_table(data.table, summarize(data), data.study)
     tex = to_latex(table)
-    _latex_balanced(tex)
+    _latex_well_formed(tex, len(table.header))
     assert all(k in tex for k in (r"\toprule", r"\midrule", r"\bottomrule", r"21.0 $\pm$ 1.0 (3)", r"20.5 $^\dagger$", r"\#correct"))
     assert len(re.findall(r"(?<!\\)&", tex.split(r"\midrule")[1].splitlines()[1])) == len(table.header) - 1
     md = to_markdown(table).splitlines()
     assert {line.count("|") for line in md if line.startswith("|")} == {len(table.header) + 1}
+    # every table of the report (claims, paper table, comparisons, all metrics, compute, summary)
+    assert [t.key for t in tables[:5]] == ["table6_claims", "table6", "table6_comparisons", "table6_all_metrics",
+                                           "table6_compute"]
+    for t in tables:
+        _latex_well_formed(to_latex(t), len(t.header))
+
+
+def test_latex_report_compiles(store, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
-    # every table of the report (claims, paper table, comparisons, all metrics, compute) in one document
-    report = build_study_report(open_client(store.uri), data)
-    tables = report.tables
-    assert [t.key for t in tables] == ["table6_claims", "table6", "table6_comparisons", "table6_all_metrics",
-                                       "table6_compute"]
-    body = "".join(to_latex(t) for t in tables + summary_tables([report]))
-    for t in tables:
-        _latex_balanced(to_latex(t))
+    _, tables = _report_tables(store)
+    body = "".join(to_latex(t) for t in tables)
     doc = "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n" + body + "\\end{document}\n"
     (tmp_path / "t.tex").write_text(doc)
     proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,

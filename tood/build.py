@@ -31,6 +31,13 @@ def build_head(cfg: HeadConfig, num_classes: int, in_channels: int, num_levels: 
     return ParallelHead(**common, centerness=cfg.centerness)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: ``auto`` is the first CUDA device where there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> Detector:
     """The detector of ``cfg``; ``load_pretrained=False`` skips the backbone file (a checkpoint follows)."""
     backbone = ResNet(depth=cfg.backbone.depth, base_width=cfg.backbone.base_width, frozen_stages=cfg.backbone.frozen_stages, norm_eval=cfg.backbone.norm_eval)
@@ -104,7 +111,6 @@ def model_from_checkpoint(cfg: Config, checkpoint: str | Path) -> tuple[Detector
     mode, and the class names the checkpoint recorded. A checkpoint of other model settings
     is a ConfigError naming the file and the first differing field."""
     from tood.checkpoint import load_checkpoint, model_mismatch
-    from tood.engine import resolve_device  # tood.engine builds through this module
 
     device = resolve_device(cfg.train.device)
     state = load_checkpoint(checkpoint)

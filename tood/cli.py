@@ -63,7 +63,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from tood.build import model_from_checkpoint
     from tood.detect import detect_images
 
-    from tood.validate import validate_config
+    from tood.config import validate_config
 
     cfg = _load(args)
     if args.score_thr is not None:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from tood.build import build_criterion, build_model
+from tood.build import build_criterion, build_model, resolve_device
 from tood.checkpoint import load_checkpoint, model_state, rng_state, save_checkpoint, set_rng_state
 from tood.config import Config, to_dict
 from tood.data.loaders import build_loader
@@ -53,13 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def learning_rate(cfg: Config, epoch: int, iteration: int, world_batch: int | None = None) -> float:
+def learning_rate(cfg: Config, epoch: int, iteration: int) -> float:
     """lr at a global ``iteration`` in (0-based) ``epoch``.
 
     Linear scaling rule: ``lr * batch / base_batch`` (the paper's 0.01 is for 16
@@ -67,7 +61,7 @@ def learning_rate(cfg: Config, epoch: int, iteration: int, world_batch: int | No
     at each epoch in ``lr_steps`` (epoch counts, as mmdet's ``step=[8, 11]``).
     """
     t = cfg.train
-    lr = t.lr * (world_batch or t.batch_size) / t.base_batch_size
+    lr = t.lr * t.batch_size / t.base_batch_size
     lr *= t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
     if iteration < t.warmup_iters:
         lr *= t.warmup_ratio + (1 - t.warmup_ratio) * iteration / t.warmup_iters
@@ -157,7 +151,7 @@ def train(
         for i, batch in enumerate(train_loader):
             if i >= n_iter:
                 break
-            lr = learning_rate(cfg, epoch, iteration, cfg.train.batch_size)
+            lr = learning_rate(cfg, epoch, iteration)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = batch.to(device)

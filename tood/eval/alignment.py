@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tood.boxes import aligned_iou, box_iou
+from tood.boxes import box_iou
 
 
 # How PCC and top10_iou are computed, as recorded with every tracked run.

@@ -1,4 +1,4 @@
-"""The ``tood-ablate`` command line over :mod:`orchestration.launch` (run, resume, status, report, diagnose, compare)."""
+"""The ``tood-ablate`` command line over :mod:`orchestration.launch` (run, resume, status) and :mod:`reports` (report, diagnose, compare)."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("report", help="tables, plots and HTML from MLflow (`tood-ablate report --help`)", add_help=False)
     sub.add_parser("diagnose", help="PCC diagnostics of a grid's checkpoints (`tood-ablate diagnose --help`)", add_help=False)
     sub.add_parser("compare", help="the paper's claims under two or more recipes, side by side (`tood-ablate compare --help`)",
+                   add_help=False)
+    sub.add_parser("publish", help="write a results folder and its index entry from a store (`tood-ablate publish --help`)",
                    add_help=False)
     return p
 
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from reports.compare_recipes import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["publish"]:
+        from reports.publish import main as publish_main
+
+        return publish_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":

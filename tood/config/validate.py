@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any, Callable
 
-from tood.config import Config, ConfigError
+from tood.config.schema import Config, ConfigError
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (dotted key, value -> ok, what is expected)
 
