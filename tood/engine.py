@@ -91,6 +91,112 @@ def _check_finite(loss_terms: dict[str, torch.Tensor], epoch: int, iteration: in
             )
 
 
+@dataclass
+class _Setup:
+    """What one training holds: the model (DDP-wrapped when distributed), its trainable
+    parameters, criterion, optimizer and AMP scaler, the device and this process's rank."""
+
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    criterion: Any
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    rank: int
+    world: int
+    distributed: bool
+
+    @property
+    def bare_model(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
+
+
+def _set_up(cfg: Config, progress: bool) -> _Setup:
+    """Device, seeds, model, criterion, optimizer and scaler, in the order that keeps a run
+    repeatable (the seed is set before the model's weights are drawn)."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", torch.cuda.current_device())
+    ensure_pretrained_backbone(cfg, progress=progress and rank == 0)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    criterion = build_criterion(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(cfg, params)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Setup(model, params, criterion, optimizer, scaler, device, rank, world, distributed)
+
+
+def _restore(s: _Setup, resume_from: Path | None) -> tuple[int, int, list[dict[str, float]]]:
+    """(start epoch, global iteration, history) of ``resume_from``, its weights, optimizer,
+    scaler and RNG state loaded into ``s``; (0, 0, []) without a checkpoint."""
+    if resume_from is None:
+        return 0, 0, []
+    state = load_checkpoint(resume_from)
+    s.bare_model.load_state_dict(state["model"])
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["epoch"], state["iteration"], state["history"]
+
+
+def _step(s: _Setup, cfg: Config, batch: Any, epoch: int, iteration: int) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``batch``; returns the detached loss terms."""
+    lr = learning_rate(cfg, epoch, iteration)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    batch = batch.to(s.device)
+    with _autocast(s.device, cfg.train.amp):
+        outputs = s.model(batch.images)
+    losses = s.criterion(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, epoch)
+    terms = {"loss_total": losses.total.detach(), **losses.terms}
+    _check_finite(terms, epoch, iteration)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(losses.total).backward()
+    if cfg.train.grad_clip:
+        s.scaler.unscale_(s.optimizer)
+        torch.nn.utils.clip_grad_norm_(s.params, cfg.train.grad_clip)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    return terms
+
+
+def _train_epoch(s: _Setup, cfg: Config, loader: Any, epoch: int, iteration: int, progress: bool) -> tuple[dict[str, float], int]:
+    """One epoch; returns its mean loss terms, lr, epoch and wall time, and the global iteration after it."""
+    loader.set_epoch(epoch)
+    s.model.train()
+    sums: dict[str, float] = {}
+    n_iter = len(loader) if cfg.train.max_iters_per_epoch is None else min(len(loader), cfg.train.max_iters_per_epoch)
+    bar = tqdm(total=n_iter, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress or s.rank != 0, leave=False)
+    t0, n_images, lr = time.perf_counter(), 0, learning_rate(cfg, epoch, iteration)
+    for i, batch in enumerate(loader):
+        if i >= n_iter:
+            break
+        lr = learning_rate(cfg, epoch, iteration)
+        terms = _step(s, cfg, batch, epoch, iteration)
+        iteration += 1
+        n_images += batch.images.shape[0]
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        bar.set_postfix(loss=f"{float(terms['loss_total']):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
+        bar.update()
+    bar.close()
+    metrics = {k: v / max(n_iter, 1) for k, v in sums.items()}
+    metrics.update(lr=lr, epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0)
+    return metrics, iteration
+
+
+def _checkpoint_state(s: _Setup, cfg: Config, epoch: int, iteration: int, history: list, class_names: list[str],
+                      extra_state: dict[str, Any] | None) -> dict[str, Any]:
+    return {"model": model_state(s.model), "optimizer": s.optimizer.state_dict(), "scaler": s.scaler.state_dict(),
+            "epoch": epoch + 1, "iteration": iteration, "history": history, "rng": rng_state(), "config": to_dict(cfg),
+            "class_names": class_names, "extra": extra_state or {}}
+
+
 def train(
     cfg: Config,
     work_dir: str | Path,
@@ -111,99 +217,28 @@ def train(
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    device = resolve_device(cfg.train.device)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", torch.cuda.current_device())
-    ensure_pretrained_backbone(cfg, progress=progress and rank == 0)
-    seed_everything(cfg.train.seed)
-
-    model = build_model(cfg.model).to(device)
-    criterion = build_criterion(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg, params)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and cfg.train.amp == "fp16")
-    if distributed:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    start_epoch, iteration, history = 0, 0, []
+    s = _set_up(cfg, progress)
     ckpt_path = work_dir / "last.pt"
     resume_from = (ckpt_path if ckpt_path.exists() else None) if resume is True else (Path(resume) if resume else None)
-    if resume_from is not None:
-        state = load_checkpoint(resume_from)
-        getattr(model, "module", model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, iteration, history = state["epoch"], state["iteration"], state["history"]
-        set_rng_state(state["rng"])
-
-    train_loader = build_loader(cfg, train=True, rank=rank, world=world)
-    val_loader = build_loader(cfg, train=False) if rank == 0 else None
+    start_epoch, iteration, history = _restore(s, resume_from)
+    train_loader = build_loader(cfg, train=True, rank=s.rank, world=s.world)
+    val_loader = build_loader(cfg, train=False) if s.rank == 0 else None
     final: dict[str, float] = history[-1] if history else {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        train_loader.set_epoch(epoch)
-        model.train()
-        sums: dict[str, float] = {}
-        n_iter = len(train_loader) if cfg.train.max_iters_per_epoch is None else min(len(train_loader), cfg.train.max_iters_per_epoch)
-        bar = tqdm(total=n_iter, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not progress or rank != 0, leave=False)
-        t0, n_images = time.perf_counter(), 0
-        for i, batch in enumerate(train_loader):
-            if i >= n_iter:
-                break
-            lr = learning_rate(cfg, epoch, iteration)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = batch.to(device)
-            with _autocast(device, cfg.train.amp):
-                outputs = model(batch.images)
-            losses = criterion(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_mask, epoch)
-            terms = {"loss_total": losses.total.detach(), **losses.terms}
-            _check_finite(terms, epoch, iteration)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses.total).backward()
-            if cfg.train.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            iteration += 1
-            n_images += batch.images.shape[0]
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix(loss=f"{float(terms['loss_total']):.3f}", lr=f"{lr:.2e}", img_s=f"{n_images / (time.perf_counter() - t0):.1f}")
-            bar.update()
-        bar.close()
-        metrics = {k: v / max(n_iter, 1) for k, v in sums.items()}
-        metrics.update(lr=lr, epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0)
+        metrics, iteration = _train_epoch(s, cfg, train_loader, epoch, iteration, progress)
         last = epoch + 1 == cfg.train.epochs
-        saved = None
-        if rank == 0:
+        if s.rank == 0:
             if last or (epoch + 1) % cfg.train.eval_every == 0:
-                ev = evaluate(getattr(model, "module", model), val_loader, cfg, device, progress=progress)
+                ev = evaluate(s.bare_model, val_loader, cfg, s.device, progress=progress)
                 metrics.update({"epoch_AP": ev["AP"]} if not last else {**ev, "epoch_AP": ev["AP"]})
             history.append(metrics)
-            saved = save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch + 1,
-                    "iteration": iteration,
-                    "history": history,
-                    "rng": rng_state(),
-                    "config": to_dict(cfg),
-                    "class_names": train_loader.dataset.class_names,
-                    "extra": extra_state or {},
-                },
-            )
+            saved = save_checkpoint(ckpt_path, _checkpoint_state(s, cfg, epoch, iteration, history,
+                                                                 train_loader.dataset.class_names, extra_state))
             if log is not None:
                 log({k: float(v) for k, v in metrics.items() if k != "epoch"}, epoch + 1)
             if on_epoch_end is not None:
                 on_epoch_end(EpochEnd(epoch=epoch + 1, metrics=metrics, checkpoint=saved))
         final = metrics
-        if distributed:
+        if s.distributed:
             dist.barrier()
     return TrainResult(metrics=final, history=history, checkpoint=ckpt_path if ckpt_path.exists() else None)
-

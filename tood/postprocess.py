@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,8 +61,25 @@ def postprocess(
     if img_sizes is not None:
         boxes = clip_boxes(boxes, img_sizes)
     b, _, c = scores.shape
+    img_idx, sel_scores, anchor, label = _candidates(scores, outputs["priors"], nms_pre, score_thr)
+    sel_boxes = boxes[img_idx, anchor]  # (N, 4)
+    keep = batched_nms(sel_boxes, sel_scores, img_idx * c + label, nms_iou)  # sorted by score
+    keep = _cap_per_image(keep, img_idx, b, max_per_img)
+    kept_img = img_idx[keep]
+    out_boxes = _to_original(sel_boxes[keep], kept_img, scale_factors, orig_sizes)
+    counts = torch.bincount(kept_img, minlength=b).tolist()
+    return [
+        Detections(boxes=bx, scores=sc, labels=lb)
+        for bx, sc, lb in zip(out_boxes.split(counts), sel_scores[keep].split(counts), label[keep].split(counts))
+    ]
+
+
+def _candidates(scores: Tensor, priors: Any, nms_pre: int, score_thr: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The ``nms_pre`` best (prior, class) scores per image and FPN level, then those above
+    ``score_thr``: (image index, score, prior index, class), each ``(N,)``."""
+    b, _, c = scores.shape
     cand_scores, cand_anchor = [], []
-    for sl in outputs["priors"].level_slices():
+    for sl in priors.level_slices():
         s = scores[:, sl, :].reshape(b, -1)  # (B, A_l * C)
         top_s, top_i = s.topk(min(nms_pre, s.shape[1]), dim=1)  # (B, k)
         cand_scores.append(top_s)
@@ -69,29 +87,26 @@ def postprocess(
     flat_scores = torch.cat(cand_scores, 1)  # (B, K)
     flat_index = torch.cat(cand_anchor, 1)  # (B, K)
     img_idx, pos = (flat_scores > score_thr).nonzero(as_tuple=True)  # (N,), (N,)
-    sel_scores = flat_scores[img_idx, pos]  # (N,)
-    sel_index = flat_index[img_idx, pos]
-    anchor, label = sel_index // c, sel_index % c
-    sel_boxes = boxes[img_idx, anchor]  # (N, 4)
+    sel_index = flat_index[img_idx, pos]  # (N,)
+    return img_idx, flat_scores[img_idx, pos], sel_index // c, sel_index % c
 
-    keep = batched_nms(sel_boxes, sel_scores, img_idx * c + label, nms_iou)  # sorted by score
-    keep = keep[torch.sort(img_idx[keep], stable=True).indices]  # grouped by image, score order kept
+
+def _cap_per_image(keep: Tensor, img_idx: Tensor, num_images: int, max_per_img: int) -> Tensor:
+    """``keep`` (score order) grouped by image, at most ``max_per_img`` per image, score order kept."""
+    keep = keep[torch.sort(img_idx[keep], stable=True).indices]
     kept_img = img_idx[keep]
-    counts = torch.bincount(kept_img, minlength=b)  # (B,)
+    counts = torch.bincount(kept_img, minlength=num_images)  # (B,)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(keep.numel(), device=keep.device) - starts[kept_img]
-    keep = keep[rank < max_per_img]
-    kept_img = img_idx[keep]
+    return keep[rank < max_per_img]
 
-    out_boxes = sel_boxes[keep]
+
+def _to_original(boxes: Tensor, img: Tensor, scale_factors: Tensor | None, orig_sizes: Tensor | None) -> Tensor:
+    """``boxes`` ``(N, 4)`` xyxy in input pixels -> original-image pixels (undo the resize of image
+    ``img[i]``), clipped to the original size."""
     if scale_factors is not None:
-        out_boxes = out_boxes / scale_factors.to(out_boxes)[kept_img].repeat(1, 2)
+        boxes = boxes / scale_factors.to(boxes)[img].repeat(1, 2)
     if orig_sizes is not None:
-        hw = orig_sizes.to(out_boxes)[kept_img]  # (N, 2) (h, w)
-        wh = hw.flip(-1).repeat(1, 2)
-        out_boxes = torch.minimum(out_boxes.clamp(min=0), wh)
-    counts = torch.bincount(kept_img, minlength=b).tolist()
-    return [
-        Detections(boxes=bx, scores=sc, labels=lb)
-        for bx, sc, lb in zip(out_boxes.split(counts), sel_scores[keep].split(counts), label[keep].split(counts))
-    ]
+        wh = orig_sizes.to(boxes)[img].flip(-1).repeat(1, 2)  # (N, 4) (w, h, w, h)
+        boxes = torch.minimum(boxes.clamp(min=0), wh)
+    return boxes

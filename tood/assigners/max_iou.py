@@ -31,7 +31,7 @@ class MaxIoUAssigner:
     the best IoU over all GTs. An anchor-free head regresses l, t, r, b >= 0 from the anchor
     centre and cannot fit a GT that does not hold it: without the rule a 20 px object on the
     proxy's 64 px P3 anchors ties at its best IoU with every anchor that contains it, and 62% of
-    the positives lie outside their GT (``benchmarks/probe_assign.py``).
+    the positives lie outside their GT (``probes/probe_assign.py``).
     ``scores`` = IoU(predicted box, assigned GT).
     """
 

@@ -8,7 +8,7 @@ level), scored and ranked; the pairs left out have ``t < tau`` and cannot be in 
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from torch import Tensor
 from tood.assigners.base import AssignResult
 from tood.assigners.common import (
     INSIDE_EPS,
+    Pairs,
     build_result,
     clean_gts,
     empty_result,
@@ -60,6 +61,17 @@ def centre_block(priors: Priors, gts: Tensor, size: int = 5) -> tuple[Tensor, Te
     rows_i = r0[..., None, None] + j[:, None]  # (B, G, L, size, 1)
     idx = start[:, None, None] + rows_i * width[:, None, None] + c0[..., None, None] + j  # (B, G, L, size, size)
     return torch.where(valid, idx, 0).flatten(2), valid.flatten()
+
+
+class _Scored(NamedTuple):
+    """Candidate (image, GT, prior) pairs with their alignment metric t and IoU, each ``(N,)``."""
+
+    p: Pairs
+    t: Tensor
+    ious: Tensor
+
+    def take(self, idx: Tensor) -> "_Scored":
+        return _Scored(self.p.take(idx), self.t.index_select(0, idx), self.ious.index_select(0, idx))
 
 
 class TaskAlignedAssigner:
@@ -108,63 +120,72 @@ class TaskAlignedAssigner:
         """priors: A priors; pred_scores ``(B, A, C)`` probabilities; pred_boxes ``(B, A, 4)`` xyxy px;
         gt_boxes ``(B, G, 4)`` xyxy px; gt_labels ``(B, G)``; gt_mask ``(B, G)`` bool."""
         nb, na, nc = pred_scores.shape
-        ng, k = gt_boxes.shape[1], self.topk
         if has_no_gt(gt_mask):
             return empty_result(pred_boxes, self.num_classes)
         gts = clean_gts(gt_boxes, gt_mask)  # (B, G, 4)
         labels = torch.where(gt_mask, gt_labels.long(), 0).clamp(0, nc - 1)  # (B, G)
         pred_boxes = pred_boxes.float()
+        tau = self._centre_tau(priors, pred_scores, pred_boxes, gts, labels)  # (B, G)
+        c = self._candidates(priors, pred_scores, pred_boxes, gts, labels, gt_mask, tau)
+        c = self._top_k(priors, c, gts)
+        c = self._one_gt_per_prior(c, gts, nb * na)
+        # t_hat, normalised over the priors each GT finally keeps
+        num_gt = gts.shape[0] * gts.shape[1]
+        max_t = c.t.new_zeros(num_gt).scatter_reduce(0, c.p.seg, c.t, "amax")  # (B*G,)
+        max_u = c.ious.new_zeros(num_gt).scatter_reduce(0, c.p.seg, c.ious, "amax")  # (B*G,)
+        t_hat = c.t / (max_t[c.p.seg] + self.eps) * max_u[c.p.seg]  # (M,)
+        return build_result(c.p.b, c.p.a, c.p.g, t_hat, gts, gt_labels, na, self.num_classes)
 
-        # 1. tau: the k-th largest t among the priors around each GT centre (0 if fewer than k)
+    def _centre_tau(self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gts: Tensor, labels: Tensor) -> Tensor:
+        """tau ``(B, G)``: the k-th largest t among the priors around each GT centre (0 if fewer than k),
+        a lower bound of the GT's k-th largest t over all priors."""
+        nb, na, _ = pred_scores.shape
+        ng, k = gts.shape[1], self.topk
         near, valid = centre_block(priors, gts)  # (B, G, K), (K,)
         seg_near = torch.arange(nb * ng, device=gts.device).view(nb, ng, 1)  # (B, G, 1)
         box_near = near + torch.arange(nb, device=gts.device)[:, None, None] * na  # (B, G, K)
         t_near = torch.where(valid, self.metric(pred_scores, pred_boxes, gts, labels, seg_near, box_near)[0], -1.0)  # (B, G, K)
         if t_near.shape[-1] >= k:
-            tau = t_near.topk(k, dim=-1).values[..., -1].clamp(min=0)  # (B, G)
-        else:
-            tau = torch.zeros_like(t_near[..., 0])
+            return t_near.topk(k, dim=-1).values[..., -1].clamp(min=0)  # (B, G)
+        return torch.zeros_like(t_near[..., 0])
 
-        # 2. the pairs that can reach t >= tau: boxes overlapping the GT shrunk by u_min
-        # (IoU >= u needs an intersection >= u * GT area, so >= u * GT width and >= u * GT height)
+    def _candidates(self, priors: Priors, pred_scores: Tensor, pred_boxes: Tensor, gts: Tensor, labels: Tensor,
+                    gt_mask: Tensor, tau: Tensor) -> _Scored:
+        """The pairs that can reach t >= tau: boxes overlapping the GT shrunk by u_min (IoU >= u needs
+        an intersection >= u * GT area, so >= u * GT width and >= u * GT height), then a second bound
+        from the pairs themselves."""
+        na = pred_scores.shape[1]
+        num_gt, k = gts.shape[0] * gts.shape[1], self.topk
         s_max = pred_scores.amax().double().pow(self.alpha).clamp(min=1e-30)  # ()
         u_min = ((tau.double() / s_max).pow(1.0 / self.beta) * (1 - BOUND_SLACK[0])).float()  # (B, G)
         shrink = (gts[..., 2:] - gts[..., :2]).clamp(min=0).mul(u_min[..., None]).sub(BOUND_SLACK[1]).clamp(min=0)  # (B, G, 2)
         shrunk = gts + torch.cat([shrink, -shrink], -1)  # (B, G, 4) may be inverted: fine
         p = overlap_pairs(priors, pred_boxes, shrunk, gt_mask)  # N pairs
         t, ious = self.metric(pred_scores, pred_boxes, gts, labels, p.seg, p.b * na + p.a)  # (N,)
-        # a second bound from the pairs themselves: split a GT's pairs into k groups; the group maxima
-        # are k of its pairs, so the smallest of them is <= its k-th largest t (keeps the table small)
-        num_gt = nb * ng
+        # split a GT's pairs into k groups; the group maxima are k of its pairs, so the smallest of
+        # them is <= its k-th largest t (keeps the table of step 3 small)
         group = p.seg * k + torch.arange(t.numel(), device=t.device) % k  # (N,)
         floor = t.new_zeros(num_gt * k).scatter_reduce(0, group, t, "amax").view(num_gt, k).amin(1)  # (B*G,)
         floor = torch.maximum(floor, tau.reshape(-1)).index_select(0, p.seg)  # (N,)
-        idx = where_true((t >= floor) & (t > 0))  # (N',) every pair ranked above one of them is here too
-        p, ious, t = p.take(idx), ious.index_select(0, idx), t.index_select(0, idx)
+        # every pair ranked above one of those kept is kept too
+        return _Scored(p, t, ious).take(where_true((t >= floor) & (t > 0)))
 
-        # 3. top-k per GT, ties to the lower prior: key = (t bits, -prior) ranked in a padded table
-        key = (t.view(torch.int32).long() << 32) | (2**31 - 1 - p.a)  # (N',) t >= 0: its bits sort like t
-        counts = torch.bincount(p.seg, minlength=num_gt)  # (B*G,)
-        pos = torch.arange(t.numel(), device=t.device) - (counts.cumsum(0) - counts).index_select(0, p.seg)  # (N',) place in its GT
+    def _top_k(self, priors: Priors, c: _Scored, gts: Tensor) -> _Scored:
+        """top-k per GT, ties to the lower prior: key = (t bits, -prior) ranked in a padded table;
+        then only priors whose point lies inside the GT."""
+        num_gt, k = gts.shape[0] * gts.shape[1], self.topk
+        key = (c.t.view(torch.int32).long() << 32) | (2**31 - 1 - c.p.a)  # (N',) t >= 0: its bits sort like t
+        counts = torch.bincount(c.p.seg, minlength=num_gt)  # (B*G,)
+        pos = torch.arange(c.t.numel(), device=c.t.device) - (counts.cumsum(0) - counts).index_select(0, c.p.seg)  # (N',)
         width = max(int(counts.max()), 1)
-        table = torch.full((num_gt * width,), -1, dtype=torch.long, device=t.device)  # (B*G*W,)
-        table.index_copy_(0, p.seg * width + pos, key)
+        table = torch.full((num_gt * width,), -1, dtype=torch.long, device=c.t.device)  # (B*G*W,)
+        table.index_copy_(0, c.p.seg * width + pos, key)
         kth = table.view(num_gt, width).topk(min(k, width), dim=1).values[:, -1]  # (B*G,)
-        idx = where_true(key >= kth.index_select(0, p.seg))  # (M,) about B*G*k
-        p, ious, t = p.take(idx), ious[idx], t[idx]
-        idx = where_true(side_margin(priors.points[p.a], gts.reshape(-1, 4)[p.seg]) > INSIDE_EPS)
-        p, ious, t = p.take(idx), ious[idx], t[idx]
+        c = c.take(where_true(key >= kth.index_select(0, c.p.seg)))  # (M,) about B*G*k
+        return c.take(where_true(side_margin(priors.points[c.p.a], gts.reshape(-1, 4)[c.p.seg]) > INSIDE_EPS))
 
-        # 4. one GT per prior
-        if self.conflict == "max_iou":
-            conflict_key = ious  # (M,)
-        else:
-            conflict_key = -box_area(gts).reshape(-1)[p.seg]  # (M,)
-        idx = where_true(pick_per_prior(p.b * na + p.a, conflict_key, p.g, nb * na))
-        p, ious, t = p.take(idx), ious[idx], t[idx]
-
-        # 5. t_hat, normalised over the priors each GT finally keeps
-        max_t = t.new_zeros(num_gt).scatter_reduce(0, p.seg, t, "amax")  # (B*G,)
-        max_u = ious.new_zeros(num_gt).scatter_reduce(0, p.seg, ious, "amax")  # (B*G,)
-        t_hat = t / (max_t[p.seg] + self.eps) * max_u[p.seg]  # (M,)
-        return build_result(p.b, p.a, p.g, t_hat, gts, gt_labels, na, self.num_classes)
+    def _one_gt_per_prior(self, c: _Scored, gts: Tensor, num_priors: int) -> _Scored:
+        """A prior claimed by several GTs keeps the one of highest IoU (``max_iou``) or smallest area."""
+        na = num_priors // gts.shape[0]
+        conflict_key = c.ious if self.conflict == "max_iou" else -box_area(gts).reshape(-1)[c.p.seg]  # (M,)
+        return c.take(where_true(pick_per_prior(c.p.b * na + c.p.a, conflict_key, c.p.g, num_priors)))

@@ -162,19 +162,11 @@ def _header_problem(path: Path, width: int, height: int) -> str | None:
     return None
 
 
-def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: bool) -> tuple[list[ImageRecord], list[int], list[str]]:
-    """Check ``data`` (parsed by :func:`load_coco_json`) against ``img_dir``.
-
-    Returns (records, sorted category ids, drop messages); raises :class:`DatasetError`
-    listing every error. Fills COCOeval's defaults (``area`` = w*h, ``iscrowd`` = 0) into
-    annotations that lack them.
-    """
-    src, img_dir = Path(ann_file), Path(img_dir)
-    problems: list[str] = []
-    if not img_dir.is_dir():
-        problems.append(f"{src}: image directory {img_dir} not found (expected the folder holding images[*].file_name)")
+def _check_categories(src: Path, categories: list) -> tuple[set[int], list[str]]:
+    """The valid category ids and the problems of ``categories``."""
     cats: set[int] = set()
-    for i, c in enumerate(data["categories"]):
+    problems: list[str] = []
+    for i, c in enumerate(categories):
         where = _entry(src, "categories", i, c)
         errs = _check_fields(where, c, _CAT_SPEC)
         if not errs and c["id"] in cats:
@@ -182,10 +174,16 @@ def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: 
         problems += errs
         if not errs:
             cats.add(c["id"])
+    return cats, problems
+
+
+def _check_images(src: Path, img_dir: Path, entries: list) -> tuple[dict[int, dict], list[str]]:
+    """The valid image entries by id (their files found under ``img_dir``, headers matching
+    width and height) and the problems of ``entries``."""
     images: dict[int, dict] = {}
-    known_image_ids = {im["id"] for im in data["images"] if isinstance(im, dict) and _is_int(im.get("id"))}
+    problems: list[str] = []
     listings: dict[Path, set[str]] = {}
-    for i, im in enumerate(data["images"]):
+    for i, im in enumerate(entries):
         where = _entry(src, "images", i, im)
         errs = _check_fields(where, im, _IMAGE_SPEC)
         if not errs and im["id"] in images:
@@ -197,17 +195,23 @@ def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: 
         problems += errs
         if not errs:
             images[im["id"]] = im
-    cat_ids = sorted(cats)
-    label_of = {c: k for k, c in enumerate(cat_ids)}
+    return images, problems
+
+
+def _collect_boxes(src: Path, data: dict, images: dict[int, dict], label_of: dict[int, int]
+                   ) -> tuple[dict[int, tuple[list, list]], list[str], list[str]]:
+    """Per valid image: its usable boxes (xyxy pixels, clipped to the image) and labels; the
+    problems of the annotations and the messages of the ones dropped (degenerate or outside)."""
+    known_image_ids = {im["id"] for im in data["images"] if isinstance(im, dict) and _is_int(im.get("id"))}
     per_image: dict[int, tuple[list, list]] = {k: ([], []) for k in images}
-    dropped: list[str] = []
+    problems, dropped = [], []
     for i, a in enumerate(data["annotations"]):
         where = _entry(src, "annotations", i, a)
         errs = _check_fields(where, a, _ANN_SPEC)
         if not errs and a["image_id"] not in known_image_ids:
             errs.append(f"{where}: unknown image_id {a['image_id']} (expected the id of an entry in images)")
         if not errs and a["category_id"] not in label_of:
-            errs.append(f"{where}: unknown category_id {a['category_id']} (expected one of {cat_ids[:20]})")
+            errs.append(f"{where}: unknown category_id {a['category_id']} (expected one of {sorted(label_of)[:20]})")
         if not errs and a.get("iscrowd", 0) not in (0, 1):
             errs.append(f"{where}: 'iscrowd' is {a['iscrowd']!r} (expected 0 or 1)")
         problems += errs
@@ -226,6 +230,25 @@ def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: 
         boxes, labels = per_image[a["image_id"]]
         boxes.append((max(x, 0.0), max(y, 0.0), min(x + w, im["width"]), min(y + h, im["height"])))
         labels.append(label_of[a["category_id"]])
+    return per_image, problems, dropped
+
+
+def validate_coco(data: dict, ann_file: str | Path, img_dir: str | Path, train: bool) -> tuple[list[ImageRecord], list[int], list[str]]:
+    """Check ``data`` (parsed by :func:`load_coco_json`) against ``img_dir``.
+
+    Returns (records, sorted category ids, drop messages); raises :class:`DatasetError`
+    listing every error. Fills COCOeval's defaults (``area`` = w*h, ``iscrowd`` = 0) into
+    annotations that lack them.
+    """
+    src, img_dir = Path(ann_file), Path(img_dir)
+    problems: list[str] = []
+    if not img_dir.is_dir():
+        problems.append(f"{src}: image directory {img_dir} not found (expected the folder holding images[*].file_name)")
+    cats, errs = _check_categories(src, data["categories"])
+    images, image_errs = _check_images(src, img_dir, data["images"])
+    cat_ids = sorted(cats)
+    per_image, ann_errs, dropped = _collect_boxes(src, data, images, {c: k for k, c in enumerate(cat_ids)})
+    problems += errs + image_errs + ann_errs
     if train and not problems and not any(boxes for boxes, _ in per_image.values()):
         why = f"; all {len(dropped)} were dropped, e.g. {dropped[0]}" if dropped else ""
         problems.append(f"{src}: annotations: no image has a usable box ({len(data['annotations'])} annotations{why}) "

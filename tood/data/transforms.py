@@ -121,7 +121,7 @@ def build_transforms(train: bool, img_scale: tuple[int, int] = (1333, 800), mult
 
 @dataclass
 class Batch:
-    """A padded batch (the contract in CONTRACTS.md).
+    """A padded batch (the contract in docs/contracts.md, "The padded batch").
 
     images: (B, 3, H, W) float32 normalised, zero-padded bottom/right, H and W multiples
         of the size divisor.

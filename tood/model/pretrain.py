@@ -3,7 +3,7 @@
 The paper starts from an ImageNet-trained ResNet. Trained from scratch on the proxy, the small
 backbone learns boxes and objectness first and drops colour from its deeper stages (a linear
 probe at the cue reads the class from the stem and layer1, barely from C3 and at chance from the
-FPN: ``benchmarks/probe_cue.py``), after which the cue -> class mapping is learned late or
+FPN: ``probes/probe_cue.py``), after which the cue -> class mapping is learned late or
 never: whether a 12-epoch run learns the classes at all depends on the seed. Pre-training on
 object-centric crops of a *separate* synthetic split (a different generator seed; the
 detector's images are never seen) gives the backbone what ImageNet gives the real one:

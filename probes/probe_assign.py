@@ -1,6 +1,6 @@
 """How many positives each assignment scheme gives an object of the proxy, and on which levels.
 
-    python benchmarks/probe_assign.py [--batches 10] [--set criterion.center_scale_factor=0.25]
+    python probes/probe_assign.py [--batches 10] [--set criterion.center_scale_factor=0.25]
 
 For every scheme of Tables 1 and 2 that assigns from the priors alone (ATSS, max-IoU, centre
 sampling, FoveaBox; TAL needs a trained model's predictions and starts from the ATSS
@@ -8,7 +8,7 @@ warm-up), over the first ``--batches`` training batches of the proxy profile: po
 object, the share of objects with none, the share of positives whose prior point lies inside
 their GT (an anchor-free head regresses l, t, r, b >= 0 from that point, so it cannot fit a GT
 that does not hold it) and the share of positives on each FPN level.
-Writes benchmarks/results/probe_assign.json.
+Writes probes/results/probe_assign.json.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         batches.append(b)
     out = {"overrides": overrides, "batches": len(batches),
            "schemes": {a: {"row": s["row"], **probe(s["config"], batches, a)} for a, s in found.items()}}
-    path = ROOT / "benchmarks/results/probe_assign.json"
+    path = ROOT / "probes/results/probe_assign.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

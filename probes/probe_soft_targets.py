@@ -1,6 +1,6 @@
 """How strongly the soft-target rows pull their positives up at the start of training.
 
-    python benchmarks/probe_soft_targets.py [--batches 5] [--row "ATSS + QFL"] [--checkpoint PT]
+    python probes/probe_soft_targets.py [--batches 5] [--row "ATSS + QFL"] [--checkpoint PT]
 
 For a row of Table 2 (default: ATSS + QFL, the GFL recipe, which has no warm-up), on its model
 at initialisation (pre-trained backbone, the row's seed 0; or the weights of ``--checkpoint``)
@@ -9,7 +9,7 @@ and the first ``--batches`` training batches of the proxy: the soft targets of i
 positives' logits, under the quality focal loss with those targets and under the focal loss
 with hard targets (what ATSS trains with). Both rows divide by the number of positives, so
 the ratio of the two is how much weaker the soft row's pull on its positives is. Writes
-benchmarks/results/probe_soft_targets.json (``--checkpoint``: probe_soft_targets_<name>.json).
+probes/results/probe_soft_targets.json (``--checkpoint``: probe_soft_targets_<name>.json).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         "focal_over_qfl": sum(focal) / sum(qfl),
     }
     name = f"probe_soft_targets_{args.checkpoint.parent.parent.name}" if args.checkpoint else "probe_soft_targets"
-    path = ROOT / f"benchmarks/results/{name}.json"
+    path = ROOT / f"probes/results/{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

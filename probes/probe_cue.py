@@ -4,9 +4,9 @@ For every val object of the synthetic proxy, the features of the stem, C2, C3 (b
 P3, P4 (FPN) are read at the cell of the object's cue and of its box centre; a logistic
 regression on 70% of the objects predicts the class of the other 30%. Chance is 1 / classes.
 A run that never learned the classes shows chance from C3 on, even at the cue; a run that did
-reads the class at the cue and at the centre. Writes benchmarks/results/probe_cue.json.
+reads the class at the cue and at the centre. Writes probes/results/probe_cue.json.
 
-Run: .venv/bin/python benchmarks/probe_cue.py CONFIG CHECKPOINT [--profile proxy] [--set k=v ...]
+Run: .venv/bin/python probes/probe_cue.py CONFIG CHECKPOINT [--profile proxy] [--set k=v ...]
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--profile")
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--out", default=str(ROOT / "benchmarks/results/probe_cue.json"))
+    p.add_argument("--out", default=str(ROOT / "probes/results/probe_cue.json"))
     args = p.parse_args(argv)
     cfg = load_config(args.config, profile=args.profile, overrides=args.overrides)
     model = build_model(cfg.model, load_pretrained=False)
