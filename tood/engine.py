@@ -242,3 +242,20 @@ def train(
         if s.distributed:
             dist.barrier()
     return TrainResult(metrics=final, history=history, checkpoint=ckpt_path if ckpt_path.exists() else None)
+
+
+def time_iterations(cfg: Config, iterations: int) -> tuple[float, int]:
+    """(seconds per training iteration, iterations per epoch) of ``cfg`` on this machine: one
+    untimed warm-up step, then the mean of ``iterations`` steps (``tood-ablate doctor``)."""
+    s = _set_up(cfg, progress=False)
+    loader = build_loader(cfg, train=True)
+    loader.set_epoch(0)
+    s.model.train()
+    per_epoch = len(loader) if cfg.train.max_iters_per_epoch is None else min(len(loader), cfg.train.max_iters_per_epoch)
+    batches = iter(loader)
+    _step(s, cfg, next(batches), 0, 0)
+    t0, done = time.perf_counter(), 0
+    for i, batch in zip(range(iterations), batches):
+        _step(s, cfg, batch, 0, i + 1)
+        done += 1
+    return (time.perf_counter() - t0) / max(done, 1), per_epoch
