@@ -28,6 +28,12 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+def paper_header(name: str, coco: bool = False) -> str:
+    """The header of a paper column: 'AP (paper)'; 'AP (paper, COCO)' where our data is not COCO,
+    so that the paper's numbers are not read as numbers on our data."""
+    return f"{name} (paper, COCO)" if coco else f"{name} (paper)"
+
+
 def decimals(metric: str) -> int:
     """Digits after the point: 1 for AP (0-100, as the paper), 0 for counts, 3 otherwise."""
     if metric in COUNT_METRICS:
@@ -44,6 +50,15 @@ def metric_value(values: dict[str, float], metric: str) -> float:
 def fmt_value(value: float, metric: str) -> str:
     """'40.3', '0.408', '30,261'; NO_VALUE for NaN."""
     return NO_VALUE if math.isnan(value) else f"{value:,.{decimals(metric)}f}"
+
+
+def fmt_constant(value: float, metric: str) -> str:
+    """A value the table leaves out because every row has it: '769' for a whole number, else as
+    fmt_value, with 3 significant digits where that would print a non-zero value as 0."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    text = fmt_value(value, metric)
+    return f"{value:.3g}" if float(text.replace(",", "")) == 0 else text
 
 
 def fmt_delta(value: float, metric: str) -> str:

@@ -7,6 +7,11 @@ A comparison is a *claim* when it is one of the paper's statements (CLAIM_METRIC
 parallel per detector (Table 1, AP), the ordering of each assignment against ATSS (Table 2,
 AP), TOOD > ATSS (Table 3, AP), top-m flat (AP), (1.0, 6) best (Table 4, AP), and in Table 6
 PCC and top-10 IoU higher, #redundant and #error lower than parallel head + ATSS.
+
+Every claim is worded as Δ reads: row minus reference ("(0.5, 2) < (1.0, 6)" where the paper has
+Δ -0.1). A comparison gets no verdict, and says why, when a row of it did not train
+(AP < reports.tables.TRAINED_AP) or when it has fewer than two seeds (the reason names the
+command that adds them).
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
-from reports.pairs import Pair, pairs
-from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, NONE, PAIRED, VERDICTS, WELCH, WITHIN,
-                           Difference, difference, expectation, verdict)
-from reports.tables import PAPER_COLUMNS, RowSummary, Table
+from reports.pairs import Pair, delta_note, pairs
+from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, NONE, PAIRED, WELCH, WITHIN, Difference,
+                           difference, expectation, verdict)
+from reports.tables import PAPER_COLUMNS, TRAINED_AP, RowSummary, Table, untrained
 
 CLAIM_METRICS = {"table1": ("AP",), "table2": ("AP",), "table3": ("AP",), "topm": ("AP",), "table4": ("AP",),
                  "table6": ("PCC", "top10_iou", "n_redundant", "n_error")}
 RELATION = {GREATER: ">", "less": "<"}
+NEEDS_SEEDS = "needs >= 2 seeds"
+NOT_TRAINED = "did not train long enough to compare"
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,9 @@ class Comparison:
     """``row`` minus ``ref`` on ``metric``: the paper's difference, ours over seeds, the verdict.
 
     expect: the claim tested (reports.stats GREATER / LESS / WITHIN); claim: its text;
-    is_claim: one of the paper's headline statements (shown in the claims table).
+    is_claim: one of the paper's headline statements (counted in the claims table's tally);
+    reason: why there is no verdict (NEEDS_SEEDS / NOT_TRAINED and what to do; '' when the
+    interval decides the verdict). Without a verdict, ``verdict`` is INCONCLUSIVE.
     """
 
     study: str
@@ -47,6 +56,7 @@ class Comparison:
     is_claim: bool
     diff: Difference
     verdict: str
+    reason: str = ""
 
 
 def seed_values(trials: pd.DataFrame, label: str, metric: str) -> dict[int, float]:
@@ -64,13 +74,23 @@ def claim_text(table: str, pair: Pair, metric: str, expect: str) -> str:
         return f"{row} within ±{BAND:g} {name} of {ref}"
     if table == "table1":
         return f"{pair.group}: T-head {RELATION[expect]} parallel head ({name})"
-    if table == "table4" and expect == "less":
-        return f"{ref} above {row} ({name})"
     return f"{row} {RELATION[expect]} {ref} ({name})"
 
 
-def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame) -> list[Comparison]:
-    """Every comparison of layout ``table`` (see the module docstring), in pair order."""
+def no_verdict(pair: Pair, diff: Difference, rerun: str = "") -> str:
+    """Why ``pair`` gets no verdict ('' when it gets one): a row below TRAINED_AP, or no interval
+    (fewer than two seeds; ``rerun``: the command that adds seeds)."""
+    low = [r.label for r in (pair.row, pair.ref) if untrained(r)]
+    if low:
+        return f"{NOT_TRAINED} (AP < {TRAINED_AP:g}: {', '.join(low)})"
+    if diff.kind == NONE:
+        return f"{NEEDS_SEEDS}: {rerun}" if rerun else NEEDS_SEEDS
+    return ""
+
+
+def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame, rerun: str = "") -> list[Comparison]:
+    """Every comparison of layout ``table`` (see the module docstring), in pair order. ``rerun``:
+    the command that trains more seeds of this study, for the comparisons that have fewer than two."""
     metrics = PAPER_COLUMNS.get(table, ())
     out = []
     for pair in pairs(table, rows):
@@ -80,9 +100,11 @@ def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame
             if expect is None:
                 continue
             diff = difference(seed_values(trials, pair.row.label, metric), seed_values(trials, pair.ref.label, metric))
+            reason = no_verdict(pair, diff, rerun)
             out.append(Comparison(study, table, pair.row.label, pair.ref.label, pair.group, metric, paper_delta,
                                   expect, claim_text(table, pair, metric, expect),
-                                  metric in CLAIM_METRICS.get(table, ()), diff, verdict(diff, expect)))
+                                  metric in CLAIM_METRICS.get(table, ()), diff,
+                                  INCONCLUSIVE if reason else verdict(diff, expect), reason))
     return out
 
 
@@ -113,6 +135,11 @@ def fmt_n(diff: Difference) -> str:
     return text
 
 
+def fmt_verdict(c: Comparison) -> str:
+    """The verdict, or why there is none."""
+    return c.reason or c.verdict
+
+
 def fmt_paper(c: Comparison) -> str:
     """The paper's Δ; for the top-m claim the band its text gives (every m 42.0-42.5 AP)."""
     if c.expect == WITHIN and math.isnan(c.paper_delta):
@@ -125,8 +152,7 @@ def fmt_test(diff: Difference) -> str:
 
 
 NOTES = [
-    "Δ: the row minus its reference (Table 1: T-head minus the parallel head of the same detector; "
-    "Table 3: TOOD minus ATSS with the same anchors), in the metric's units.",
+    delta_note(),
     "Ours: mean ± sample std (ddof=1) of the per-seed differences over the n seeds both rows finished "
     "(paired); 95% CI: Student's t interval over those differences (scipy.stats.t, n - 1 degrees of "
     "freedom). With fewer than two shared seeds but two or more in each row: Welch's unpaired t interval "
@@ -136,20 +162,48 @@ NOTES = [
     "(or there is no CI). Top-m 'within ±0.5': agrees when the CI lies inside [-0.5, +0.5], disagrees "
     "when it lies wholly outside, inconclusive when it straddles an edge.",
 ]
+# A study's claims table gives no verdict without a CI, so its verdict note drops "(or there is no CI)".
+VERDICT_NOTE = NOTES[2].replace(" (or there is no CI)", "")
+NO_VERDICT_NOTE = (
+    f"No verdict: '{NEEDS_SEEDS}' when a comparison has no interval (fewer than two seeds; the cell gives "
+    f"the command that trains them; finished trials are reused), '{NOT_TRAINED}' when a row's AP is below "
+    f"{TRAINED_AP:g} (a detector that learned anything lands far above it).")
+
+
+def tally(claims: list[Comparison]) -> str:
+    """'2 agree, 0 disagree, 1 inconclusive, 2 without a verdict (1 with fewer than 2 seeds, 1 not trained).'"""
+    judged = [c for c in claims if not c.reason]
+    text = ", ".join(f"{sum(c.verdict == v for c in judged)} {w}" for v, w in
+                     ((AGREES, "agree"), (DISAGREES, "disagree"), (INCONCLUSIVE, "inconclusive")))
+    why = {NEEDS_SEEDS: "with fewer than 2 seeds", NOT_TRAINED: "not trained"}
+    counts = {w: sum(c.reason.startswith(r) for c in claims) for r, w in why.items()}
+    if len(judged) < len(claims):
+        text += f", {len(claims) - len(judged)} without a verdict ("
+        text += ", ".join(f"{n} {w}" for w, n in counts.items() if n) + ")"
+    return text + "."
 
 
 def comparisons_table(key: str, caption: str, comparisons: list[Comparison], with_study: bool = False,
-                      claims_only: bool = False) -> Table:
-    """One line per comparison (or per claim): Δ paper, Δ ours, n, 95% CI, test, verdict."""
-    chosen = [c for c in comparisons if c.is_claim or not claims_only]
-    header = (["Study"] if with_study else []) + ["Claim" if claims_only else "Comparison", "Metric",
-                                                  "Δ paper", "Δ ours", "n", "95% CI", "Test", "Verdict"]
+                      claims_only: bool = False, table: str | None = None, coco: bool = False) -> Table:
+    """One line per claim, then (unless ``claims_only``) per other comparison of the same pairs:
+    Δ paper, Δ ours, n, 95% CI, test, verdict. ``table``: the layout (None: several, the summary);
+    ``coco``: label the paper's Δ as COCO numbers (our data is not COCO)."""
+    claims = [c for c in comparisons if c.is_claim]
+    chosen = claims + ([] if claims_only else [c for c in comparisons if not c.is_claim])
+    header = (["Study"] if with_study else []) + ["Claim", "Metric", "Δ paper (COCO)" if coco else "Δ paper",
+                                                  "Δ ours", "n", "95% CI", "Test", "Verdict"]
     body = [([c.study] if with_study else [])
-            + [c.claim, metric_label(c.metric), fmt_paper(c), fmt_ours(c.diff, c.metric),
-               fmt_n(c.diff), fmt_interval(c.diff, c.metric), fmt_test(c.diff), c.verdict]
+            + [c.claim, metric_label(c.metric), fmt_paper(c), fmt_ours(c.diff, c.metric), fmt_n(c.diff),
+               NO_VALUE if c.reason.startswith(NOT_TRAINED) else fmt_interval(c.diff, c.metric), fmt_test(c.diff),
+               fmt_verdict(c)]
             for c in chosen]
-    counts = {v: sum(c.verdict == v for c in chosen) for v in VERDICTS}
-    notes = [f"{counts[AGREES]} agree, {counts[DISAGREES]} disagree, {counts[INCONCLUSIVE]} inconclusive."]
     if not chosen:
-        notes = ["No comparison: the grid lacks the paired rows (or their paper numbers)."]
-    return Table(key, caption, header, body, notes + NOTES)
+        return Table(key, caption, header, body, ["No comparison: the grid lacks the paired rows (or their paper "
+                                                  "numbers)."])
+    notes = [f"The paper's claims: {tally(claims)}", delta_note(table)]
+    if len(chosen) > len(claims):
+        notes.insert(1, f"Rows {len(claims) + 1}-{len(chosen)}: the same pairs on the paper's other columns "
+                        "(the paper states no claim on them; not in the tally).")
+    if coco:
+        notes.append("Δ paper (COCO): the paper's Δ, on COCO; ours is on other data, so compare signs, not sizes.")
+    return Table(key, caption, header, body, notes + [NOTES[1], VERDICT_NOTE, NO_VERDICT_NOTE])

@@ -1,11 +1,13 @@
 """Compute accounting of a study: wall time and CPU / GPU hours per row and in total, failed and
-retried attempts included, reused trials counted once (at their source) and marked.
+retried attempts included, reused trials counted once (at their source) and counted per row.
 
 A trial logs ``attempt_wall_s`` once per attempt (step = attempt number, failed attempts too)
 and tags ``tood.cpus_per_trial`` / ``tood.gpus_per_trial`` (the resources it held). CPU hours =
 wall seconds x CPUs / 3600, GPU hours likewise. A child run tagged ``tood.reused_from`` holds
-copies of another run's metrics: it trained nothing here and counts zero. Stores older than
-these tags give "not recorded" rather than a guess.
+copies of another run's metrics: it trained nothing here and counts zero, except in a launch
+whose trials were all reused: there each trial counts the compute of the source run that trained
+it (looked up by run id), since that is what the launch's results cost. Stores older than these
+tags, or a source run that is not in the store, give "not recorded" rather than a guess.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine
-from reports.cells import NO_VALUE
+from orchestration.schema import ATTEMPTS_TAG, CPUS_TAG, GPUS_TAG
 from reports.tables import RowSummary, Table
 
 WALL_METRIC = "attempt_wall_s"
@@ -27,7 +30,8 @@ WALL_METRIC = "attempt_wall_s"
 @dataclass(frozen=True)
 class TrialCompute:
     """One child run. wall_s: seconds over all its attempts (NaN: not recorded, 0 when reused);
-    cpus / gpus: held per attempt (NaN: not recorded)."""
+    cpus / gpus: held per attempt (NaN: not recorded). counted_from: the source run whose compute
+    this reused trial carries ('' otherwise: a trained trial carries its own, a reused one none)."""
 
     run_id: str
     row: str
@@ -39,6 +43,16 @@ class TrialCompute:
     cpus: float
     gpus: float
     reused_from: str
+    counted_from: str = ""
+
+    @property
+    def carries_compute(self) -> bool:
+        return not self.reused_from or bool(self.counted_from)
+
+    @property
+    def trained_by(self) -> str:
+        """The run that did the training this record counts."""
+        return self.counted_from or self.run_id
 
     @property
     def cpu_h(self) -> float:
@@ -56,41 +70,63 @@ def _float(text: object) -> float:
         return math.nan
 
 
+def _measured(client: MlflowClient, run_id: str, status: str, attempts_tag: object, cpus: object,
+              gpus: object) -> tuple[int, int, float, float, float]:
+    """(attempts, failed attempts, wall s, CPUs, GPUs) of the run that trained."""
+    tagged = _float(attempts_tag)
+    per_attempt = {m.step: m.value for m in client.get_metric_history(run_id, WALL_METRIC)}
+    attempts = max(0 if math.isnan(tagged) else int(tagged), len(per_attempt))
+    wall = sum(per_attempt.values()) if per_attempt else math.nan
+    failed = attempts - 1 if status in ("FINISHED", "RUNNING") and attempts else attempts
+    return attempts, failed, wall, _float(cpus), _float(gpus)
+
+
+def _source(client: MlflowClient, run_id: str) -> tuple[int, int, float, float, float]:
+    """What the source run ``run_id`` of a reused trial measured; all NaN when it is not in the store."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return 0, 0, math.nan, math.nan, math.nan
+    tags = run.data.tags
+    return _measured(client, run_id, run.info.status, tags.get(ATTEMPTS_TAG), tags.get(CPUS_TAG), tags.get(GPUS_TAG))
+
+
 def trial_compute(client: MlflowClient, trials: pd.DataFrame) -> list[TrialCompute]:
-    """One TrialCompute per trial (any status) of a StudyData.trials frame."""
+    """One TrialCompute per trial (any status) of a StudyData.trials frame; where every trial was
+    reused, each carries its source run's compute."""
+    reused_ids = [str(r or "") for r in trials.get("reused_from", [])]
+    all_reused = bool(reused_ids) and all(reused_ids)
     records = []
     for t in trials.itertuples():
         reused = str(getattr(t, "reused_from", "") or "")
-        tagged = _float(getattr(t, "attempts", ""))
-        if reused:
+        if reused and all_reused:
+            records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_source(client, reused), reused, reused))
+        elif reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, 0, 0, 0.0, math.nan, math.nan, reused))
-            continue
-        per_attempt = {m.step: m.value for m in client.get_metric_history(t.run_id, WALL_METRIC)}
-        attempts = max(0 if math.isnan(tagged) else int(tagged), len(per_attempt))
-        wall = sum(per_attempt.values()) if per_attempt else math.nan
-        failed = attempts - 1 if t.status in ("FINISHED", "RUNNING") and attempts else attempts
-        records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, attempts, failed, wall,
-                                    _float(getattr(t, "cpus_per_trial", "")), _float(getattr(t, "gpus_per_trial", "")),
-                                    ""))
+        else:
+            records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_measured(
+                client, t.run_id, t.status, getattr(t, "attempts", ""), getattr(t, "cpus_per_trial", ""),
+                getattr(t, "gpus_per_trial", "")), ""))
     return records
 
 
 def _sum(values: list[float]) -> float:
-    """Sum of the recorded values; NaN when none is recorded."""
+    """Sum of the recorded values; NaN when none of them is recorded, 0 when there are none (a row
+    whose trials were all reused, or that has no trial)."""
     known = [v for v in values if not math.isnan(v)]
-    return sum(known) if known else math.nan
+    return sum(known) if known or not values else math.nan
 
 
 def _cells(records: list[TrialCompute]) -> list[str]:
     def fmt(value: float, digits: int) -> str:
         return "not recorded" if math.isnan(value) else f"{value:,.{digits}f}"
 
-    trained = [r for r in records if not r.reused_from]
-    reused = [f"seed {r.seed} reused from {r.reused_from}" for r in records if r.reused_from]
+    # each training once: two records of the same source (studies that reused one run) count it once
+    trained = list({r.trained_by: r for r in records if r.carries_compute}.values())
     incomplete = any(math.isnan(r.wall_s) or math.isnan(r.cpu_h) for r in trained)
     return [str(len(records)), str(sum(r.attempts for r in trained)), str(sum(r.failed_attempts for r in trained)),
             fmt(_sum([r.wall_s for r in trained]), 0), fmt(_sum([r.cpu_h for r in trained]), 3),
-            fmt(_sum([r.gpu_h for r in trained]), 3), "; ".join(reused) or NO_VALUE,
+            fmt(_sum([r.gpu_h for r in trained]), 3), str(sum(bool(r.reused_from) for r in records)),
             "yes" if incomplete and trained else ""]
 
 
@@ -116,16 +152,39 @@ def machine_note(m: Machine) -> str:
             f"GPU {m.gpu}; torch {m.torch}, ray {m.ray}, mlflow {m.mlflow}.")
 
 
+def _reuse_notes(records: list[TrialCompute]) -> list[str]:
+    """How the reused trials of one study count, and the runs that trained them (each listed once)."""
+    reused = [r for r in records if r.reused_from]
+    if not reused:
+        return []
+    if all(r.counted_from for r in records):
+        missing = sum(math.isnan(r.wall_s) for r in reused)
+        notes = [f"Every trial of this launch was reused from an earlier launch of this store (tag "
+                 f"tood.reused_from): the launch trained nothing, so these numbers are the compute of the "
+                 f"{len({r.counted_from for r in reused})} source runs that trained them, looked up by run id "
+                 f"(their attempt_wall_s, tood.cpus_per_trial and tood.gpus_per_trial)"
+                 + (f"; {missing} source runs are not in the store (not recorded)." if missing else ".")]
+    else:
+        notes = ["A reused trial (tag tood.reused_from) counts zero here: its source run counted it where it "
+                 "trained."]
+    sources = {}
+    for r in reused:
+        sources.setdefault(r.reused_from, []).append(f"{r.row} seed {r.seed}")
+    return notes + ["Reused (row, seed <- the run that trained it): "
+                    + "; ".join(f"{', '.join(where)} <- {source}" for source, where in sources.items()) + "."]
+
+
 def compute_table(key: str, caption: str, rows: list[RowSummary], records: list[TrialCompute], m: Machine) -> Table:
-    """Per grid row and in total: trials, attempts, failed attempts, wall time, CPU h, GPU h."""
+    """Per grid row and in total: trials, attempts, failed attempts, wall time, CPU h, GPU h, reused."""
     body = [[r.label] + _cells([c for c in records if c.row == r.label]) for r in rows]
     body.append(["Total"] + _cells(records))
     notes = ["wall time: the sum over every attempt of every trial (failed and retried attempts included); "
-             "CPU h / GPU h: wall time x the CPUs / GPUs the trial held, in hours. A reused trial (tag "
-             "tood.reused_from) counts zero here: its source run counted it where it trained.",
-             "partly unrecorded: some trial of the row has no attempt_wall_s metric or no "
-             "tood.cpus_per_trial / tood.gpus_per_trial tag (a store older than them); the sums cover "
-             "the recorded trials only.", machine_note(m)]
+             "CPU h / GPU h: wall time x the CPUs / GPUs the trial held, in hours; reused: trials copied from a "
+             "run of an earlier launch (same trial key)."]
+    notes += _reuse_notes(records)
+    notes += ["partly unrecorded: some trial of the row has no attempt_wall_s metric or no "
+              "tood.cpus_per_trial / tood.gpus_per_trial tag (a store older than them); the sums cover "
+              "the recorded trials only.", machine_note(m)]
     return Table(key, caption, COMPUTE_HEADER, body, notes)
 
 
@@ -134,5 +193,6 @@ def summary_compute_table(per_study: dict[str, list[TrialCompute]], m: Machine) 
     body = [[study] + _cells(records) for study, records in per_study.items()]
     body.append(["Total"] + _cells([r for records in per_study.values() for r in records]))
     return Table("summary_compute", "Compute of all studies", ["Study"] + COMPUTE_HEADER[1:], body,
-                 ["Per study as in each study's compute table; reused trials count zero where they were "
-                  "copied, so a training shared by several studies is counted once.", machine_note(m)])
+                 ["Per study as in each study's compute table (its notes list the source runs of the reused "
+                  "trials); the total counts each training once, however many studies reused it.",
+                  machine_note(m)])

@@ -21,6 +21,12 @@ from reports.cells import Row, factor, find_row, head_kind, strip_head, top_m
 R = TypeVar("R", bound=Row)
 DETECTOR_ANCHOR = {"atss_af": "anchor-free", "atss_ab": "anchor-based"}
 REFERENCE_NAMES = {"table2": "ATSS", "table4": "(1.0, 6)", "table6": "parallel head + ATSS", "topm": "m=13"}
+# The reference of every layout's comparisons, in words (table1 and table3 pair per group).
+REFERENCE_TEXT = {"table1": "the parallel head of the same detector", "table2": "ATSS",
+                  "table3": "ATSS with the same anchors", "table4": "(1.0, 6)", "table6": "parallel head + ATSS",
+                  "topm": "m=13"}
+SHORT_NAMES = {"table1": "Table 1", "table2": "Table 2", "table3": "Table 3", "table4": "Table 4",
+               "table6": "Table 6", "topm": "top-m"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,15 @@ class Pair(Generic[R]):
     row: R
     ref: R
     group: str = ""
+
+
+def delta_note(table: str | None = None) -> str:
+    """The one definition of Δ, for layout ``table`` (None: every layout's reference)."""
+    text = ("Δ: row minus reference, in the metric's units; each claim is worded in that direction "
+            "('row > reference' holds when Δ > 0, 'row < reference' when Δ < 0). The reference: ")
+    if table in REFERENCE_TEXT:
+        return text + REFERENCE_TEXT[table] + "."
+    return text + "; ".join(f"{SHORT_NAMES[t]}: {ref}" for t, ref in REFERENCE_TEXT.items()) + "."
 
 
 def detector_name(row: Row) -> str:

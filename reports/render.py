@@ -30,7 +30,7 @@ from reports.collect import (NoRunsError, StudyData, collect_study, list_studies
                              metric_histories, open_client)
 from reports.document import StudyReport, build_study_report, rows_frame, summary_tables
 from reports.formats import to_html, to_latex, to_markdown
-from reports.tables import RowSummary, Table
+from reports.tables import RowSummary, Table, study_title
 
 FORMATS = {"md": to_markdown, "tex": to_latex, "html": to_html}
 FIGURE_CAPTIONS = {
@@ -52,6 +52,9 @@ thead th{background:#2f3b52;color:#fff;font-weight:600;text-align:center;white-s
 tbody th{text-align:left;font-weight:600}tbody tr:nth-child(even){background:#f7f9fc}
 td.gap{color:#b42318;font-style:italic;background:#fdecea}td.disagree{background:#fff4d6}
 td.agrees{background:#e3f4e8}td.disagrees{background:#fdecea;font-weight:600}td.inconclusive{color:#6b7280}
+td.no-verdict{color:#6b7280;font-style:italic;text-align:left}
+caption .provenance{display:block;font-weight:400;font-size:.85em;color:#4a5568;padding-top:.15em}
+h3{font-size:1.05em;margin:1.4em 0 .4em}
 figure.tood-table{margin:1em 0}ul.notes{font-size:.82em;color:#4a5568;margin-top:.2em}
 figure.plot{margin:1.2em 0}figure.plot img{max-width:100%;border:1px solid #e1e5ee}
 figure.plot figcaption{font-size:.85em;color:#4a5568}.skipped{color:#b42318}
@@ -88,17 +91,10 @@ def study_figures(data: StudyData, rows: list[RowSummary], histories: pd.DataFra
     return figures
 
 
-def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
-    """(label, HTML) pairs of the study header: data, seeds, trial counts, time, MLflow ids."""
-    tags, params, trials = data.parent_tags, data.common_params, data.trials
-    data_text = (f"profile {tags.get('tood.profile', 'not recorded')}, "
-                 f"data.root {params.get('data.root', 'not recorded')}")
-    synth = [f"{k.rsplit('.', 1)[1]} {params[k]}" for k in
-             ("data.synthetic.n_train", "data.synthetic.n_val", "data.synthetic.image_size") if k in params]
-    if synth:
-        data_text += f" (synthetic: {', '.join(synth)})"
-    if "train.epochs" in params:
-        data_text += f", {params['train.epochs']} epochs"
+def _meta(report: StudyReport, generated: str) -> list[tuple[str, str]]:
+    """(label, HTML) pairs of the launch: data, seeds, trial counts, time, MLflow ids."""
+    data = report.data
+    tags, trials = data.parent_tags, data.trials
     counts = trials["status"].value_counts() if len(trials) else {}
     seeds = sorted({int(s) for s in trials["seed"]}) if len(trials) else []
     finished = int(counts.get("FINISHED", 0))
@@ -117,7 +113,7 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
     e = html.escape
     return [
         ("Study", e(f"{data.study} (layout {data.table})")),
-        ("Data / profile", e(data_text)),
+        ("Provenance", e(report.provenance.text)),
         ("Seeds", e(f"{tags.get('tood.seeds', ','.join(map(str, seeds)))} ({len(seeds)} in the trials)")),
         ("Trials", e(f"{finished} finished, {failed} failed, {running} running"
                      + (f", {interrupted} interrupted" if interrupted else "") + ", of "
@@ -130,15 +126,20 @@ def _meta(data: StudyData, generated: str) -> list[tuple[str, str]]:
     ]
 
 
-def _section(data: StudyData, tables: list[Table], pngs: dict[str, Path], generated: str) -> str:
-    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _meta(data, generated))
+def _section(report: StudyReport, pngs: dict[str, Path], generated: str) -> str:
+    """The study's HTML: its title, the paper table and the claims (the answer), then the launch
+    (data, trials, MLflow ids), the other tables and the plots."""
+    data, tables = report.data, report.tables
+    meta = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in _meta(report, generated))
     images = "".join(
         f'<figure class="plot"><img alt="{name}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
         f"<figcaption>{html.escape(FIGURE_CAPTIONS[name])}</figcaption></figure>"
         for name, path in pngs.items())
-    return (f'<section id="study-{html.escape(data.study)}">\n<h2>{html.escape(data.study)}</h2>\n'
-            f'<dl class="meta">{meta}</dl>\n{"".join(to_html(t) for t in tables)}{images}\n</section>\n')
+    title = html.escape(study_title(data.table, data.study))
+    return (f'<section id="study-{html.escape(data.study)}">\n<h2>{title}</h2>\n'
+            f'{"".join(to_html(t) for t in tables[:2])}<h3>The launch</h3>\n<dl class="meta">{meta}</dl>\n'
+            f'{"".join(to_html(t) for t in tables[2:])}{images}\n</section>\n')
 
 
 def write_tables(tables: list[Table], folder: Path, formats: tuple[str, ...]) -> list[Path]:
@@ -170,9 +171,10 @@ def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: 
     pngs = {name: plots.save_figure(fig, study_dir / f"{name}.png")
             for name, fig in study_figures(data, report.rows, histories).items()}
     paths.plots.extend(pngs.values())
-    section = _section(data, report.tables, pngs, generated)
-    paths.html.write_text(html_page(f"TOOD ablation report: {data.study}",
-                                    f"<h1>TOOD ablation report: {html.escape(data.study)}</h1>\n{section}"),
+    section = _section(report, pngs, generated)
+    title = study_title(data.table, data.study)
+    paths.html.write_text(html_page(f"TOOD ablation report: {title}",
+                                    f"<h1>TOOD ablation report: {html.escape(title)}</h1>\n{section}"),
                           encoding="utf-8")
     try:
         client.log_artifacts(data.parent_id, str(study_dir), artifact_path="report")

@@ -3,7 +3,9 @@
 Each layout shows the paper's columns only (AP / AP50 / AP75; Table 6: AP, PCC, top-10 IoU and
 the three detection counts), compares rows the way the paper does (the pairs of
 reports.pairs) and marks with DISAGREE an ordering of a compared pair that differs from the
-paper's. Every other metric goes to ``all_metrics``. A grid row without a finished trial
+paper's, unless a row of the pair did not train (AP < TRAINED_AP). Where the data is not COCO the
+paper's columns say so ("AP (paper, COCO)"). Every other metric goes to ``all_metrics``, less the
+columns that are constant over its rows (named in a note). A grid row without a finished trial
 keeps its place, its cells saying "failed" / "running" / "interrupted" / "missing".
 """
 
@@ -12,10 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from reports.cells import (NO_VALUE, fmt_delta, fmt_value, head_kind, metric_label, metric_value, strip_head,
-                           top_m)
+from reports.cells import (NO_VALUE, fmt_constant, fmt_delta, fmt_value, head_kind, metric_label, metric_value,
+                           paper_header, strip_head, top_m)
 from reports.collect import FINAL_METRICS, StudyData, metric_columns, rows_from_trials
-from reports.pairs import REFERENCE_NAMES, detector_name, reference
+from reports.pairs import REFERENCE_NAMES, delta_note, detector_name, reference
 
 DISAGREE = "†"
 GAP_WORDS = ("failed", "running", "interrupted", "missing")
@@ -25,6 +27,15 @@ PAPER_COLUMNS = {"table1": AP_METRICS, "table2": AP_METRICS, "table3": AP_METRIC
                  "table4": AP_METRICS, "table6": TABLE6_METRICS}
 # Neither a paper column nor a result: the epoch counter, the resume marker, the compute table's.
 NOT_REPORTED = ("epoch", "already_finished", "attempt_wall_s")
+# The title of each layout's study: the captions of its tables start with it.
+TITLES = {"table1": "Table 1: head structure, parallel head vs T-head", "table2": "Table 2: sample assignment",
+          "table3": "Table 3: TOOD against ATSS, anchor-free and anchor-based",
+          "table4": "Table 4: alpha and beta of the task-alignment metric",
+          "table6": "Table 6: alignment of the two tasks", "topm": "Top-m of TAL"}
+# Below this AP a row has not trained long enough for its ordering against another row to mean
+# anything: a detector that learned anything lands far above it (the proxy's rows sit at 60-70 AP
+# after 16 epochs, COCO's at 37-43), while an untrained head (a 0-epoch or diverged run) scores ~0.
+TRAINED_AP = 1.0
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    provenance: str = ""  # the data, profile, epochs, seeds and commit the numbers come from
 
     def cell(self, row_label: str, column: str) -> str:
         """The cell in the row whose first cell is ``row_label``, under header ``column``."""
@@ -73,6 +85,16 @@ class RowSummary:
         if self.n_running:
             return "running"
         return "failed" if self.n_failed else "interrupted" if self.n_interrupted else "missing"
+
+
+def study_title(table: str, study: str = "") -> str:
+    """The human title of a study: its layout's (TITLES), else the study name in words."""
+    return TITLES.get(table) or (study or table or "generic").replace("_", " ")
+
+
+def untrained(row: RowSummary) -> bool:
+    """A finished row whose mean AP is below TRAINED_AP: it did not train long enough to compare."""
+    return row.status == "ok" and metric_value(row.mean, "AP") < TRAINED_AP
 
 
 def summarize(data: StudyData) -> list[RowSummary]:
@@ -114,7 +136,7 @@ def fmt_mean_std(row: RowSummary | None, metric: str) -> str:
 
 def disagrees(row: RowSummary, ref: RowSummary, metric: str) -> bool:
     """Our row-minus-ref difference has another sign than the paper's (paper difference != 0)."""
-    if row is ref or row.status != "ok" or ref.status != "ok":
+    if row is ref or row.status != "ok" or ref.status != "ok" or untrained(row) or untrained(ref):
         return False
     ours = metric_value(row.mean, metric) - metric_value(ref.mean, metric)
     paper = metric_value(row.paper, metric) - metric_value(ref.paper, metric)
@@ -154,9 +176,12 @@ def _n_cell(row: RowSummary | None) -> str:
     return f"{row.n} ({', '.join(extra)})" if extra else str(row.n)
 
 
-def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None, launch: str | None = None) -> list[str]:
-    notes = ["Ours: mean ± sample std (ddof=1) (n finished seeds with a value); a single value when "
-             "n = 1; (paper): the paper's number; '-': no value."]
+def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | None, launch: str | None = None,
+           coco: bool = False) -> list[str]:
+    paper = ("(paper, COCO): the paper's number, on COCO (our data is not COCO: compare orderings, not values)"
+             if coco else "(paper): the paper's number")
+    notes = [f"Ours: mean ± sample std (ddof=1) (n finished seeds with a value); a single value when "
+             f"n = 1; {paper}; '-': no value."]
     if any(DISAGREE in cell for r in table_rows for cell in r):
         notes.append(f"{DISAGREE}: our ordering against {ref_text} disagrees with the paper's "
                      "(the two differences have different signs).")
@@ -166,37 +191,40 @@ def _notes(rows: list[RowSummary], table_rows: list[list[str]], ref_text: str | 
                          f"finished: `tood-ablate resume {launch or '<launch>'}` trains the rest).")
         elif row.status != "ok":
             notes.append(f"{row.label}: {row.status} (no finished trial).")
+        elif untrained(row):
+            notes.append(f"{row.label}: AP {fmt_value(metric_value(row.mean, 'AP'), 'AP')} is below {TRAINED_AP:g}: "
+                         f"did not train long enough to compare (no {DISAGREE}, no verdict).")
         notes.extend(f"{row.label}, {e}" for e in row.errors)
     return notes
 
 
-def compare_table(key: str, caption: str, first: str, rows: list[RowSummary],
-                  metrics: tuple[str, ...], ref: RowSummary | None, ref_name: str, launch: str | None = None) -> Table:
+def compare_table(table: str, caption: str, first: str, rows: list[RowSummary], metrics: tuple[str, ...],
+                  ref: RowSummary | None, ref_name: str, launch: str | None = None, coco: bool = False) -> Table:
     """One line per row: n, ours and paper per metric, then AP minus the reference row's."""
-    header = [first, "n"] + [h for m in metrics for h in (metric_label(m), f"{metric_label(m)} (paper)")]
+    header = [first, "n"] + [h for m in metrics for h in (metric_label(m), paper_header(metric_label(m), coco))]
     if ref is not None:
-        header += ["ΔAP", "ΔAP (paper)"]
+        header += ["ΔAP", paper_header("ΔAP", coco)]
     body = []
     for row in rows:
         cells = [row.label, _n_cell(row)] + [c for m in metrics for c in _metric_cells(row, m, ref)]
         body.append(cells + (_delta_cells(row, ref, "AP") if ref is not None else []))
-    notes = _notes(rows, body, ref_name, launch)
+    notes = _notes(rows, body, ref_name, launch, coco)
     if ref is not None:
-        notes.insert(1, f"ΔAP: AP minus the AP of {ref_name}.")
+        notes.insert(1, delta_note(table))
     if ref is None and ref_name:
         notes.append(f"No differences: the grid has no row {ref_name}.")
-    return Table(key, caption, header, body, notes)
+    return Table(table, caption, header, body, notes)
 
 
-def table1(rows: list[RowSummary], launch: str | None = None) -> Table:
+def table1(rows: list[RowSummary], launch: str | None = None, coco: bool = False) -> Table:
     """Detectors as rows, {parallel, T-head} x {AP, AP50, AP75} as columns, T-head minus parallel."""
     detectors: dict[str, dict[str, RowSummary]] = {}
     for row in rows:
         detectors.setdefault(detector_name(row), {})[head_kind(row)] = row
     header = ["Detector", "n (parallel)", "n (T-head)"]
     for head in ("parallel", "T-head"):
-        header += [h for m in AP_METRICS for h in (f"{head} {m}", f"{head} {m} (paper)")]
-    header += ["ΔAP", "ΔAP (paper)"]
+        header += [h for m in AP_METRICS for h in (f"{head} {m}", paper_header(f"{head} {m}", coco))]
+    header += ["ΔAP", paper_header("ΔAP", coco)]
     body = []
     for heads in detectors.values():
         par, th = heads.get("parallel"), heads.get("T-head")
@@ -204,13 +232,12 @@ def table1(rows: list[RowSummary], launch: str | None = None) -> Table:
         cells += [c for m in AP_METRICS for c in _metric_cells(par, m, None)]
         cells += [c for m in AP_METRICS for c in _metric_cells(th, m, par)]
         body.append(cells + _delta_cells(th, par, "AP"))
-    notes = _notes(rows, body, "the parallel head of the same detector", launch)
-    notes.insert(1, "ΔAP: AP of the T-head minus AP of the parallel head of the same detector.")
-    return Table("table1", "Table 1: head structure, parallel head vs T-head (AP / AP50 / AP75)",
-                 header, body, notes)
+    notes = _notes(rows, body, "the parallel head of the same detector", launch, coco)
+    notes.insert(1, delta_note("table1"))
+    return Table("table1", f"{TITLES['table1']} (AP / AP50 / AP75)", header, body, notes)
 
 
-def topm(rows: list[RowSummary], launch: str | None = None) -> Table:
+def topm(rows: list[RowSummary], launch: str | None = None, coco: bool = False) -> Table:
     """Top-m of TAL: one column per m (ascending), AP ours/paper and minus m = 13."""
     rows = sorted(rows, key=lambda r: (math.isnan(top_m(r)), top_m(r)))
     ref = reference("topm", rows)
@@ -219,14 +246,14 @@ def topm(rows: list[RowSummary], launch: str | None = None) -> Table:
     delta_rows = [_delta_cells(r, ref, "AP") for r in rows]
     body = [["n"] + [_n_cell(r) for r in rows],
             ["AP"] + [c[0] for c in metric_rows],
-            ["AP (paper)"] + [c[1] for c in metric_rows],
+            [paper_header("AP", coco)] + [c[1] for c in metric_rows],
             ["ΔAP"] + [d[0] for d in delta_rows],
-            ["ΔAP (paper)"] + [d[1] for d in delta_rows]]
-    notes = _notes(rows, body, "m=13", launch)
-    notes.insert(1, "ΔAP: AP minus the AP of m=13.")
+            [paper_header("ΔAP", coco)] + [d[1] for d in delta_rows]]
+    notes = _notes(rows, body, "m=13", launch, coco)
+    notes.insert(1, delta_note("topm"))
     if ref is None:
         notes.append("No differences: the grid has no row with m = 13.")
-    return Table("topm", "Top-m of TAL (AP); the paper reports 42.0-42.5 for every m and picks m = 13",
+    return Table("topm", f"{TITLES['topm']} (AP); the paper reports 42.0-42.5 for every m and picks m = 13",
                  ["top-m"] + names, body, notes)
 
 
@@ -239,37 +266,35 @@ def main_metrics(table: str, rows: list[RowSummary]) -> tuple[str, ...]:
     return tuple(m for m in FINAL_METRICS if m in AP_METRICS or m in with_paper)
 
 
-def build_table(table: str, rows: list[RowSummary], study: str = "", launch: str | None = None) -> Table:
+def build_table(table: str, rows: list[RowSummary], study: str = "", launch: str | None = None,
+                coco: bool = False) -> Table:
     """The layout named by the parent's tood.table tag; unknown names get the generic layout.
-    ``launch``: the launch's name, for the note on how to finish interrupted rows."""
+    ``launch``: the launch's name, for the note on how to finish interrupted rows; ``coco``: label
+    the paper's columns as COCO numbers (our data is not COCO)."""
     if table == "table1":
-        return table1(rows, launch)
+        return table1(rows, launch, coco)
     if table == "topm":
-        return topm(rows, launch)
-    captions = {"table2": ("Table 2: sample assignment (AP / AP50 / AP75)", "Assignment"),
-                "table3": ("Table 3: TOOD against ATSS, anchor-free and anchor-based (AP / AP50 / AP75)",
-                           "Method"),
-                "table4": ("Table 4: alpha and beta of the task-alignment metric", "(α, β)"),
-                "table6": ("Table 6: alignment of the two tasks", "Method")}
-    if table in captions:
-        caption, first = captions[table]
-        return compare_table(table, caption, first, rows, PAPER_COLUMNS[table], reference(table, rows),
-                             REFERENCE_NAMES.get(table, ""), launch)
-    return generic(rows, table, study, launch)
+        return topm(rows, launch, coco)
+    first = {"table2": "Assignment", "table3": "Method", "table4": "(α, β)", "table6": "Method"}
+    if table in first:
+        caption = TITLES[table] + (" (AP / AP50 / AP75)" if table in ("table2", "table3") else "")
+        return compare_table(table, caption, first[table], rows, PAPER_COLUMNS[table], reference(table, rows),
+                             REFERENCE_NAMES.get(table, ""), launch, coco)
+    return generic(rows, table, study, launch, coco)
 
 
-def generic(rows: list[RowSummary], table: str, study: str, launch: str | None = None) -> Table:
+def generic(rows: list[RowSummary], table: str, study: str, launch: str | None = None, coco: bool = False) -> Table:
     """Rows by label with the columns of :func:`main_metrics`, ours beside the paper's."""
     metrics = main_metrics(table, rows)
     with_paper = {m for r in rows for m in r.paper}
     header = ["Row", "n"] + [h for m in metrics for h in
-                             ((metric_label(m), f"{metric_label(m)} (paper)")
+                             ((metric_label(m), paper_header(metric_label(m), coco))
                               if m in with_paper else (metric_label(m),))]
     body = [[r.label, _n_cell(r)] + [c for m in metrics
                                      for c in _metric_cells(r, m, None)[: 2 if m in with_paper else 1]]
             for r in rows]
-    return Table(table or "generic", f"{study or table}: {', '.join(metrics)}", header, body,
-                 _notes(rows, body, None, launch))
+    return Table(table or "generic", f"{study_title(table, study)}: {', '.join(metrics)}", header, body,
+                 _notes(rows, body, None, launch, coco))
 
 
 def all_metrics(rows: list[RowSummary], table: str, study: str) -> Table:
@@ -279,8 +304,27 @@ def all_metrics(rows: list[RowSummary], table: str, study: str) -> Table:
     shown = set(main_metrics(table, rows)) | set(NOT_REPORTED)
     present = {m for r in rows for m, v in r.mean.items() if not math.isnan(v)} - shown
     metrics = [m for m in FINAL_METRICS if m in present] + sorted(present - set(FINAL_METRICS))
+    constant = {m: v for m in metrics if (v := _constant(rows, m)) is not None}
+    metrics = [m for m in metrics if m not in constant]
     header = ["Row", "n"] + [metric_label(m) for m in metrics]
     body = [[r.label, _n_cell(r)] + [fmt_mean_std(r, m) for m in metrics] for r in rows]
-    notes = _notes(rows, body, None)[:1] + ["Losses, lr and epoch_AP: the value of the last epoch; "
-                                            "epoch_time_s: seconds of the last epoch."]
-    return Table(f"{table or 'generic'}_all_metrics", f"{study or table}: all other metrics", header, body, notes)
+    notes = ["Ours: mean ± sample std (ddof=1) (n finished seeds with a value); a single value when n = 1; "
+             "'-': no value. Losses, lr and epoch_AP: the value of the last epoch; epoch_time_s: seconds of the "
+             "last epoch."]
+    if constant:
+        notes.append("Not shown, the same in every row and seed: "
+                     + ", ".join(f"{metric_label(m)} {fmt_constant(v, m)}" for m, v in constant.items()) + ".")
+    return Table(f"{table or 'generic'}_all_metrics", f"{study_title(table, study)}: all other metrics", header,
+                 body, notes)
+
+
+def _constant(rows: list[RowSummary], metric: str) -> float | None:
+    """The value of ``metric`` when every finished row (two or more) has it on every seed, up to
+    float rounding (std 0), else None."""
+    done = [r for r in rows if r.status == "ok"]
+    means = [metric_value(r.mean, metric) for r in done]
+    if len(done) < 2 or any(math.isnan(v) for v in means):
+        return None
+    same = all(math.isclose(v, means[0], rel_tol=1e-9, abs_tol=1e-12) for v in means)
+    spread = [metric_value(r.std, metric) for r in done]
+    return means[0] if same and all(math.isnan(s) or s <= 1e-9 * abs(means[0]) + 1e-12 for s in spread) else None

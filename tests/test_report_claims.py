@@ -117,7 +117,7 @@ def test_claims_of_table1_topm_table4_table6():
              _summary("(0.5, 2)", {"alpha": "0.5", "beta": "2"}, {"AP": 42.4, "AP50": 60.0})]
     got = compare("t4", "table4", rows4, _trials({"(1.0, 6)": {0: 30.0, 1: 31.0}, "(0.5, 2)": {0: 31.0, 1: 32.0}}))
     assert [(c.metric, c.expect, c.claim, c.is_claim, c.verdict) for c in got] == [
-        ("AP", LESS, "(1.0, 6) above (0.5, 2) (AP)", True, DISAGREES),
+        ("AP", LESS, "(0.5, 2) < (1.0, 6) (AP)", True, DISAGREES),
         ("AP50", GREATER, "(0.5, 2) > (1.0, 6) (AP50)", False, INCONCLUSIVE)]  # no AP50 values logged
     t6 = {"AP": 39.2, "PCC": 0.408, "top10_iou": 0.637, "n_correct": 30261, "n_redundant": 25428, "n_error": 92677}
     th = {"AP": 41.1, "PCC": 0.440, "top10_iou": 0.644, "n_correct": 30601, "n_redundant": 21838, "n_error": 79189}
@@ -181,32 +181,36 @@ def t3(tmp_path_factory):
 
 
 def test_table3_claims_cell_by_cell(t3):
-    claims = t3.tables[0]
+    claims = t3.tables[1]
     assert claims.key == "table3_claims" and [r[0] for r in claims.rows] == \
         ["TOOD (anchor-free) > ATSS (anchor-free) (AP)", "TOOD (anchor-based) > ATSS (anchor-based) (AP)"]
     half = T_975_DF2 * 0.5 / math.sqrt(3)  # differences 2.0, 3.0, 2.5 over seeds 0-2 (seed 3 only in TOOD)
     assert claims.rows[0][1:] == ["AP", "+3.3", "+2.5 ± 0.5", "3 (seed 3 in one row only)",
                                   f"[+{2.5 - half:.1f}, +{2.5 + half:.1f}]", "paired t", "agrees"]
-    # anchor-based: ATSS finished seed 0 only (seed 1 failed) -> one pair, 19.0 - 20.0, no interval
+    # anchor-based: ATSS finished seed 0 only (seed 1 failed) -> one pair, 19.0 - 20.0, no interval: no
+    # verdict, the command that trains the launch's seeds again (the store has no grid-file tag: the study)
     assert claims.rows[1][1:] == ["AP", "+3.1", "-1.0", "1 (seed 1 in one row only)", "-", "none (n < 2)",
-                                  "inconclusive"]
-    assert claims.notes[0] == "1 agree, 0 disagree, 1 inconclusive."
-    # the comparisons table has the same two lines: Table 3 has paper numbers for AP only
-    assert [r[0] for r in t3.tables[2].rows] == [r[0] for r in claims.rows]
+                                  "needs >= 2 seeds: tood-ablate run table3_tood --seeds 0,1,2,3"]
+    assert claims.notes[0] == ("The paper's claims: 1 agree, 0 disagree, 0 inconclusive, 1 without a verdict "
+                               "(1 with fewer than 2 seeds).")
+    # one claims table: Table 3 has paper numbers for AP only, so no other comparison follows the claims
+    assert len(claims.rows) == 2 and [t.key for t in t3.tables] == ["table3", "table3_claims", "table3_all_metrics",
+                                                                    "table3_compute"]
 
 
 def test_column_split(t3):
-    main, rest = t3.tables[1], t3.tables[3]
+    main, rest = t3.tables[0], t3.tables[2]
     assert main.header == ["Method", "n", "AP", "AP (paper)", "AP50", "AP50 (paper)", "AP75", "AP75 (paper)"]
     assert main.cell("ATSS (anchor-free)", "AP") == "21.2 ± 1.3 (3)"  # 20, 21, 22.5
     assert main.cell("ATSS (anchor-based)", "AP") == "20.0" and main.cell("ATSS (anchor-based)", "n") == "1 (1 failed)"
-    assert rest.header == ["Row", "n", "APs", "PCC_spearman", "epoch_time_s"]
+    # PCC_spearman is 0.25 on every trial: a constant column, named in a note instead
+    assert rest.header == ["Row", "n", "APs", "epoch_time_s"]
     assert rest.cell("TOOD (anchor-based)", "epoch_time_s") == "10.500 ± 0.707 (2)"
-    assert rest.cell("TOOD (anchor-free)", "PCC_spearman") == "0.250 ± 0.000 (4)"
+    assert "Not shown, the same in every row and seed: PCC_spearman 0.250." in rest.notes
 
 
 def test_compute_totals_with_failed_and_reused(t3):
-    table = t3.tables[4]
+    table = t3.tables[3]
     assert table.header[:8] == ["Row", "trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h",
                                 "reused"]
     # 2 CPUs and 0.5 GPU per trial: CPU h = wall * 2 / 3600, GPU h = wall * 0.5 / 3600
@@ -214,9 +218,12 @@ def test_compute_totals_with_failed_and_reused(t3):
     assert [table.cell("ATSS (anchor-free)", c) for c in ("wall time (s)", "CPU h", "GPU h")] == ["1,000", "0.556", "0.139"]
     assert [table.cell("ATSS (anchor-based)", c) for c in ("trials", "attempts", "failed attempts", "wall time (s)")] == \
         ["2", "4", "3", "380"]  # the failed trial's three attempts: 50 + 60 + 70 s
-    # the reused seed counts zero (its copied attempt_wall_s of 999 s is not added) and is marked
+    # the reused seed counts zero (its copied attempt_wall_s of 999 s is not added) and is counted; its
+    # source is listed once, in a note
     assert [table.cell("TOOD (anchor-free)", c) for c in ("trials", "attempts", "wall time (s)", "reused")] == \
-        ["4", "3", "600", "seed 3 reused from src-run-123"]
+        ["4", "3", "600", "1"]
+    assert "Reused (row, seed <- the run that trained it): TOOD (anchor-free) seed 3 <- src-run-123." in table.notes
+    assert table.cell("Total", "reused") == "1" and table.cell("ATSS (anchor-free)", "reused") == "0"
     assert [table.cell("Total", c) for c in ("trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h")] == \
         ["11", "13", "4", "2,380", "1.322", "0.331"]
     assert table.notes[-1] == ("Machine (where this report ran; the trials recorded none, or several): Test CPU, 4 logical "

@@ -24,25 +24,34 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 class TableCells(HTMLParser):
-    """caption text -> list of rows (lists of cell texts) for every <table> of a page."""
+    """caption text -> list of rows (lists of cell texts) for every <table> of a page; the caption's
+    provenance line (its <span class="provenance">) goes to ``provenance`` under the same caption."""
 
     def __init__(self) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
-        self._caption, self._row, self._text, self._in = None, None, "", None
+        self.provenance: dict[str, str] = {}
+        self._caption, self._row, self._text, self._in, self._prov = None, None, "", None, None
 
     def handle_starttag(self, tag, attrs):
         if tag in ("caption", "td", "th"):
             self._in, self._text = tag, ""
+        elif tag == "span" and self._in == "caption":
+            self._prov = ""
         elif tag == "tr":
             self._row = []
 
     def handle_data(self, data):
-        if self._in:
+        if self._prov is not None:
+            self._prov += data
+        elif self._in:
             self._text += data
 
     def handle_endtag(self, tag):
-        if tag == "caption":
+        if tag == "span" and self._prov is not None:
+            self._prov, prov = None, self._prov
+            self.provenance[self._text.strip()] = prov.strip()
+        elif tag == "caption":
             self._caption = self._text.strip()
             self.tables[self._caption] = []
         elif tag in ("td", "th") and self._row is not None:
@@ -77,15 +86,22 @@ def test_report_html_in_chromium(tmp_path):
     parser.feed(dom)
     t6 = parser.tables["Table 6: alignment of the two tasks"]
     t2 = parser.tables["Table 2: sample assignment (AP / AP50 / AP75)"]
-    assert t6[0][:4] == ["Method", "n", "AP", "AP (paper)"] and t6[0][-2:] == ["ΔAP", "ΔAP (paper)"]
+    # the proxy's data: the paper's columns are labelled as COCO numbers, the caption says where ours come from
+    assert t6[0][:4] == ["Method", "n", "AP", "AP (paper, COCO)"] and t6[0][-2:] == ["ΔAP", "ΔAP (paper, COCO)"]
+    assert parser.provenance["Table 6: alignment of the two tasks"] == (
+        "Data: synthetic proxy (data/proxy: n_train 600); profile proxy; 4 epochs; seeds 0,1,2; commit abc1234.")
     assert t6[1][:4] == ["parallel head + ATSS", "3", "21.0 ± 1.0 (3)", "39.2"]
     assert t6[3] == ["parallel head + TAL", "1", "20.5 †", "40.3", "0.330", "0.415", "0.510 †",
                      "0.643", "1,150", "30,506", "450", "15,927", "2,900", "72,320", "-0.5", "+1.1"]
     claims = parser.tables["All studies: the paper's claims, our verdicts"]
-    assert claims[0] == ["Study", "Claim", "Metric", "Δ paper", "Δ ours", "n", "95% CI", "Test", "Verdict"]
+    assert claims[0] == ["Study", "Claim", "Metric", "Δ paper (COCO)", "Δ ours", "n", "95% CI", "Test", "Verdict"]
     assert claims[1][:2] == ["table2_assignment", "IoU-based < ATSS (AP)"] and claims[1][-1] == "inconclusive"
-    # verdict cells carry their class: 3 in the summary's claims, 3 in table6's claims, 5 in its comparisons
-    assert dom.count('<td class="agrees">agrees</td>') == 3 + 3 + 5
+    # verdict cells carry their class: 3 in the summary's claims, 5 in table6's claims table (its 3 claims and
+    # 2 comparisons on the paper's other columns)
+    assert dom.count('<td class="agrees">agrees</td>') == 3 + 5
+    # table6's section opens on its paper table, then its claims
+    section = dom[dom.index('id="study-table6_alignment"'):]
+    assert section.index('id="table6"') < section.index('id="table6_claims"') < section.index('class="meta"')
     assert t6[4][:4] == ["T-head + TAL", "0", "missing", "42.5"]
     assert [r[0] for r in t2[1:]] == ["IoU-based", "ATSS", "TAL", "center sampling", "centerness"]
     assert t2[3][:3] == ["TAL", "0 (1 failed)", "failed"] and t2[4][2] == "running"

@@ -343,9 +343,9 @@ def test_latex_and_markdown_well_formed(store):
     assert len(re.findall(r"(?<!\\)&", tex.split(r"\midrule")[1].splitlines()[1])) == len(table.header) - 1
     md = to_markdown(table).splitlines()
     assert {line.count("|") for line in md if line.startswith("|")} == {len(table.header) + 1}
-    # every table of the report (claims, paper table, comparisons, all metrics, compute, summary)
-    assert [t.key for t in tables[:5]] == ["table6_claims", "table6", "table6_comparisons", "table6_all_metrics",
-                                           "table6_compute"]
+    # every table of the report (paper table, claims, all metrics, compute, summary)
+    assert [t.key for t in tables] == ["table6", "table6_claims", "table6_all_metrics", "table6_compute",
+                                       "summary_claims", "summary_compute"]
     for t in tables:
         _latex_well_formed(to_latex(t), len(t.header))
 
@@ -388,13 +388,13 @@ def test_report_logged_to_parent_run(store, tmp_path):
     client = open_client(store.uri)
     logged = {a.path for a in client.list_artifacts(store.parents["table6"], "report")}
     assert {"report/report.html", "report/table6.md", "report/table6.tex", "report/table6.html",
-            "report/table6_claims.md", "report/table6_comparisons.tex", "report/table6_all_metrics.html",
+            "report/table6_claims.md", "report/table6_claims.tex", "report/table6_all_metrics.html",
             "report/table6_compute.md", "report/rows.csv", "report/pcc_vs_ap.png",
             "report/training_curves.png"} <= logged
     html = paths.html.read_text()
     assert "21.0 ± 1.0 (3)" in html and 'class="gap">missing' in html and "data:image/png;base64," in html
-    # the claims open the report, before the paper table
-    assert html.index("claims, our verdicts") < html.index("Table 6: alignment of the two tasks")
+    # the paper table opens the report, the claims follow it
+    assert html.index('id="table6"') < html.index('id="table6_claims"') < html.index("claims, our verdicts")
     assert "6 finished, 1 failed, 0 running, of 12 planned" in html and "profile proxy" in html
 
 
@@ -415,10 +415,10 @@ def test_cli_all_studies(store, tmp_path, capsys):
     assert printed == str(tmp_path / "report.html")
     html = Path(printed).read_text()
     assert "table2_assignment" in html and "table6_alignment" in html and "empty: skipped" in html
-    kinds = ("", "_all_metrics", "_claims", "_comparisons", "_compute")
-    # smoke's layout compares nothing: no comparisons table (its claims table says so)
+    kinds = ("", "_all_metrics", "_claims", "_compute")
+    # one claims table per study (smoke's layout compares nothing: its claims table says so)
     assert sorted(p.name for p in tmp_path.glob("*/*.md")) == sorted(
-        f"{k}{s}.md" for k in ("smoke", "table2", "table6") for s in kinds if (k, s) != ("smoke", "_comparisons"))
+        f"{k}{s}.md" for k in ("smoke", "table2", "table6") for s in kinds)
     assert sorted(p.name for p in tmp_path.glob("*.md")) == ["summary_claims.md", "summary_compute.md"]
     # the summary of all studies comes first
     assert html.index("All studies: the paper") < html.index('id="study-smoke"')
