@@ -1,17 +1,13 @@
 """Several studies in one launch: trial keys (dedup), cost estimates and the schedule.
 
 A trial's **key** is a hash of everything that changes its result: the resolved model,
-criterion, train, data and test config (the seed is ``train.seed``) and :data:`KEY_VERSION`.
-Left out: the config's ``name`` and the data-loader ``train.workers`` (neither changes a
-number), the criterion fields the trial's assignment scheme does not read (FCOS's size ranges
-in an ATSS trial; :func:`tood.build.unused_criterion_fields`), and the *paths* of data that the config itself describes -- ``data.root`` when
-``data.synthetic`` gives the generator recipe, ``model.backbone.pretrained`` when
-``model.backbone.pretrain`` gives the pre-training recipe (the recipe is in the key, and a
-file made by another recipe is an error, never used). Study, row label, run names and output
-folders never enter it. Two studies that need the same key train it once; a later launch
-finds a finished run with the key in the tracking store and reuses it (``--rerun`` trains
-again). Bump :data:`KEY_VERSION` when a code change alters what a config trains or measures,
-so results of the old code are never reused.
+criterion, train, data and test config (the seed is ``train.seed``), the content
+fingerprints of the files the config names by path (:func:`tood.data.fingerprint.fingerprint_inputs`)
+and :data:`KEY_VERSION`; :func:`trial_key` lists what goes in and what stays out. Study, row
+label, run names and output folders never enter it. Two studies that need the same key train
+it once; a later launch finds a finished run with the key in the tracking store and reuses it
+(``--rerun`` trains again). Bump :data:`KEY_VERSION` when a code change alters what a config
+trains or measures, so results of the old code are never reused.
 """
 from __future__ import annotations
 
@@ -22,14 +18,36 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tood.build import SCHEME_FIELDS, unused_criterion_fields
+from tood.data.fingerprint import fingerprint_inputs
 
 # 2: per-instance PCC, boxes clipped before NMS, no ReLU before P7; 3: criterion fields the
 # trial's assignment scheme does not read are left out (tood.build.unused_criterion_fields)
 KEY_VERSION = "3"
 
 
-def trial_key(config: dict[str, Any]) -> str:
-    """Stable 16-hex-digit key of a resolved trial config (a plain dict of ``tood.config.Config``)."""
+def trial_key(config: dict[str, Any], memo: dict[tuple[str, str], str] | None = None) -> str:
+    """Stable 16-hex-digit key of a resolved trial config (a plain dict of ``tood.config.Config``).
+
+    In: the config (paths absolute, as :func:`orchestration.grid.expand` resolves them), the
+    seed ``train.seed``, :data:`KEY_VERSION`, and -- only where the config names an input by a
+    path it does not describe -- the content fingerprints of
+    :func:`tood.data.fingerprint.fingerprint_inputs`: with ``data.synthetic`` null the train and
+    val annotation files (full content hash) and image folders (file list with sizes and
+    modification times: an image's bytes are not read), and ``model.backbone.pretrained`` when
+    ``model.backbone.pretrain`` is null (the weights' content hash). With no such input the
+    hashed text is exactly what it was before fingerprints existed, so synthetic-data keys of
+    earlier stores stay valid. The fingerprints are taken when the key is computed, i.e. when the
+    launch starts; a file changed while the launch runs is not seen.
+
+    Out: the config's ``name`` and the data-loader ``train.workers`` (neither changes a number),
+    the criterion fields the trial's assignment scheme does not read (FCOS's size ranges in an
+    ATSS trial; :func:`tood.build.unused_criterion_fields`), and the *paths* of inputs that the
+    config itself describes -- ``data.root`` when ``data.synthetic`` gives the generator recipe,
+    ``model.backbone.pretrained`` when ``model.backbone.pretrain`` gives the pre-training recipe
+    (the recipe is in the key, and a file made by another recipe is an error, never used).
+
+    ``memo``: see :func:`tood.data.fingerprint.fingerprint_inputs` (one per batch of keys).
+    """
     cfg = copy.deepcopy(config)
     cfg.pop("name", None)
     cfg.get("train", {}).pop("workers", None)
@@ -42,7 +60,11 @@ def trial_key(config: dict[str, Any]) -> str:
     if criterion.get("assigner") in SCHEME_FIELDS:
         for name in unused_criterion_fields(criterion["assigner"]):
             criterion.pop(name, None)
-    text = json.dumps({"version": KEY_VERSION, "config": cfg}, sort_keys=True, separators=(",", ":"))
+    payload: dict[str, Any] = {"version": KEY_VERSION, "config": cfg}
+    inputs = fingerprint_inputs(config, memo)
+    if inputs:  # absent, not empty: keys without path inputs keep their earlier value
+        payload["inputs"] = inputs
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -81,9 +103,10 @@ class UniqueTrial:
 def unique_trials(specs_per_study: list[list[Any]]) -> list[UniqueTrial]:
     """Group the trial specs of several studies by key, in study then spec order."""
     by_key: dict[str, UniqueTrial] = {}
+    memo: dict[tuple[str, str], str] = {}  # each dataset fingerprinted once, not once per trial
     for si, specs in enumerate(specs_per_study):
         for ti, spec in enumerate(specs):
-            key = trial_key(spec.config)
+            key = trial_key(spec.config, memo)
             if key not in by_key:
                 by_key[key] = UniqueTrial(key, (si, ti), cost=estimated_cost(spec.config))
             by_key[key].users.append((si, ti))
