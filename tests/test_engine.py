@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from tests.conftest import ROOT, tiny_config
 from tood.checkpoint import load_checkpoint
 from tood.engine import NonFiniteLossError, build_optimizer, train
+from tood.evaluate import evaluate
 
 
 class Interrupt(Exception):
@@ -94,3 +96,21 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert r.returncode == 2
     assert "bad.yaml: train.epochz: unknown key; did you mean 'epochs'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_eval_time_is_logged_on_the_epochs_that_evaluate(tiny_data, tmp_path, monkeypatch):
+    """eval_every=2 over 3 epochs evaluates after epochs 2 and 3 (the last); eval_time_s is the
+    wall time of those evaluations (here at least the 0.2 s each is made to sleep) and absent
+    from epoch 1, in the history and in what ``log`` receives."""
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.2)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr("tood.engine.evaluate", slow_evaluate)
+    logged = {}
+    cfg = tiny_config(tiny_data, "train.epochs=3", "train.eval_every=2")
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda metrics, step: logged.__setitem__(step, metrics))
+    assert [("eval_time_s" in h, "epoch_AP" in h) for h in result.history] == [(False, False), (True, True), (True, True)]
+    assert all(h["eval_time_s"] >= 0.2 for h in result.history[1:])
+    assert [step for step, m in sorted(logged.items()) if "eval_time_s" in m] == [2, 3]
+    assert result.metrics["eval_time_s"] == result.history[-1]["eval_time_s"]

@@ -1,8 +1,11 @@
 import contextlib
+import copy
 import io
 import math
 import random
+import sys
 
+import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
@@ -10,6 +13,7 @@ from pycocotools.cocoeval import COCOeval
 
 from tood.boxes import box_iou
 from tood.eval import AlignmentAccumulator, alignment_before_nms, count_detection_types, detections_to_coco, evaluate_coco
+from tood.eval.coco_map import METRIC_NAMES, resolve_backend
 from tood.eval.alignment import instance_alignment, instance_predictions, instance_scores
 
 # ---------------------------------------------------------------- COCO AP
@@ -106,6 +110,17 @@ def test_zero_detections_give_zero_without_output(capsys):
     assert "Average Precision" in capsys.readouterr().out
 
 
+def assert_same_metrics(got: dict[str, float], ref: list[float]) -> None:
+    """``got`` (evaluate_coco) equals ``ref`` (pycocotools_by_hand) to 1e-9 on the 0-100 scale.
+
+    The backends run the same matching and the same float64 accumulation and differ only in
+    summation order (observed: <= 1e-14). A single detection matched differently changes at
+    least one precision entry by 1 / (detections of its class), which moves AP by more than
+    1e-7 even on the 5,000-image case, so 1e-9 still catches it."""
+    for k, r in zip(METRIC_NAMES, ref):
+        assert (math.isnan(got[k]) and math.isnan(r)) or abs(got[k] - r) <= 1e-9, (k, got[k], r)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_backends_agree_with_pycocotools_on_random_detections(seed):
     coco, anns, images = random_gt(seed)
@@ -117,9 +132,71 @@ def test_backends_agree_with_pycocotools_on_random_detections(seed):
     fast = evaluate_coco(coco, dets, backend="faster", img_ids=img_ids)
     assert dets == before  # inputs untouched
     assert 0 < slow["AP"] < 100
-    for k, r in zip(("AP", "AP50", "AP75", "APs", "APm", "APl"), ref):
-        for got in (slow[k], fast[k]):
-            assert (math.isnan(got) and math.isnan(r)) or abs(got - r) <= 1e-6 * 100, (k, got, r)
+    assert_same_metrics(slow, ref)
+    assert_same_metrics(fast, ref)
+
+
+def coco_sized_case(n_images: int, dets_per_image: int = 100, seed: int = 0, num_cats: int = 80) -> tuple[COCO, list[dict]]:
+    """A generated COCO val-like case: ``n_images`` of 640x480, 0-15 GTs each over ``num_cats``
+    classes (sides log-uniform in 4-400 px, so small, medium and large all occur; 2% crowd),
+    and exactly ``dets_per_image`` detections per image: up to 3 jittered copies of each GT
+    (20% with a random class, scores in [0.3, 1)) and background boxes (scores in [0, 0.7)).
+    Scores are rounded to 2 decimals so that ties occur, as with float32 model scores.
+    Also used by benchmarks/bench_eval.py."""
+    rng = np.random.default_rng(seed)
+    size = np.array([640.0, 480.0])
+    images, anns, dets = [], [], []
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"})
+        g = int(rng.integers(0, 16))
+        wh = np.minimum(np.exp(rng.uniform(np.log(4), np.log(400), (g, 2))), size - 1)  # (G, 2)
+        xy = rng.random((g, 2)) * (size - wh)
+        cats = rng.integers(1, num_cats + 1, g)
+        crowd = rng.random(g) < 0.02
+        anns += [{"id": len(anns) + k + 1, "image_id": i, "category_id": int(cats[k]), "bbox": [*xy[k].tolist(), *wh[k].tolist()],
+                  "area": float(wh[k, 0] * wh[k, 1]), "iscrowd": int(crowd[k])} for k in range(g)]
+        n_near = min(dets_per_image, 3 * g)
+        src = rng.integers(0, max(g, 1), n_near)  # the GT each near detection copies
+        jitter = rng.normal(0.0, 0.1, (n_near, 4)) * np.tile(wh[src], 2)  # 10% of the GT's size
+        near = np.concatenate([xy[src] + jitter[:, :2], np.maximum(wh[src] + jitter[:, 2:], 1.0)], 1)  # (n_near, 4) xywh
+        near_cats = np.where(rng.random(n_near) < 0.8, cats[src], rng.integers(1, num_cats + 1, n_near))
+        n_bg = dets_per_image - n_near
+        bg_wh = np.minimum(np.exp(rng.uniform(np.log(4), np.log(300), (n_bg, 2))), size - 1)
+        bg = np.concatenate([rng.random((n_bg, 2)) * (size - bg_wh), bg_wh], 1)
+        boxes = np.concatenate([near, bg])  # (dets_per_image, 4) xywh
+        labels = np.concatenate([near_cats, rng.integers(1, num_cats + 1, n_bg)])
+        scores = np.round(np.concatenate([rng.uniform(0.3, 1.0, n_near), rng.uniform(0.0, 0.7, n_bg)]), 2)
+        dets += [{"image_id": i, "category_id": int(c), "bbox": b, "score": float(sc)}
+                 for b, c, sc in zip(boxes.tolist(), labels.tolist(), scores.tolist())]
+    coco = COCO()
+    coco.dataset = {"images": images, "categories": [{"id": c, "name": f"c{c}"} for c in range(1, num_cats + 1)], "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, dets
+
+
+@pytest.mark.parametrize("n_images", [500, pytest.param(5000, marks=pytest.mark.slow)])
+def test_faster_equals_pycocotools_on_a_coco_sized_case(n_images):
+    coco, dets = coco_sized_case(n_images, seed=0)
+    assert len(dets) == 100 * n_images
+    ref = pycocotools_by_hand(coco, dets)
+    assert 10 < ref[0] < 90 and not any(math.isnan(r) for r in ref)  # every metric is defined and informative
+    gt_before, dets_before = copy.deepcopy(coco.dataset), copy.deepcopy(dets)
+    assert_same_metrics(evaluate_coco(coco, dets, backend="faster"), ref)
+    assert coco.dataset == gt_before and dets == dets_before  # nothing written into the inputs, nested lists included
+
+
+def test_auto_backend_is_faster_where_installed_else_pycocotools(monkeypatch):
+    coco, anns, images = random_gt(1)
+    dets = random_dets(1, anns, images)
+    ref = pycocotools_by_hand(coco, dets)
+    assert resolve_backend("auto") == "faster"  # a core dependency
+    assert_same_metrics(evaluate_coco(coco, dets), ref)
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # as if not installed: its import fails
+    assert resolve_backend("auto") == "pycocotools"
+    assert_same_metrics(evaluate_coco(coco, dets), ref)
+    with pytest.raises(ImportError, match="backend='faster' needs the faster-coco-eval package"):
+        evaluate_coco(coco, dets, backend="faster")
 
 
 def test_unknown_backend_is_named():

@@ -229,8 +229,10 @@ def train(
         last = epoch + 1 == cfg.train.epochs
         if s.rank == 0:
             if last or (epoch + 1) % cfg.train.eval_every == 0:
+                t_eval = time.perf_counter()
                 ev = evaluate(s.bare_model, val_loader, cfg, s.device, progress=progress)
                 metrics.update({"epoch_AP": ev["AP"]} if not last else {**ev, "epoch_AP": ev["AP"]})
+                metrics["eval_time_s"] = time.perf_counter() - t_eval  # apart from epoch_time_s (training)
             history.append(metrics)
             saved = save_checkpoint(ckpt_path, _checkpoint_state(s, cfg, epoch, iteration, history,
                                                                  train_loader.dataset.class_names, extra_state))

@@ -38,12 +38,14 @@ def predict(model: torch.nn.Module, loader, cfg: Config, device: torch.device, p
 
 
 def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, progress: bool = True,
-             on_batch: Callable[[Any, dict, InstancePredictions], None] | None = None) -> dict[str, float]:
+             on_batch: Callable[[Any, dict, InstancePredictions], None] | None = None,
+             backend: str = "auto") -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl (0-100) and, if ``cfg.test.alignment``, PCC,
     top10_iou, n_correct, n_redundant, n_error over the whole ``loader``. ``on_batch(batch,
     outputs, inst)`` sees each batch's raw model outputs too, with the
     :func:`~tood.eval.alignment.instance_predictions` the alignment measures use (boxes clipped
-    to the image, detection scores), for extra measures in the same pass."""
+    to the image, detection scores), for extra measures in the same pass. ``backend`` is the
+    COCO evaluator (see :func:`~tood.eval.coco_map.evaluate_coco`; the same numbers either way)."""
     dataset = loader.dataset
     results: list[dict] = []
     align = AlignmentAccumulator() if cfg.test.alignment else None
@@ -63,7 +65,7 @@ def evaluate(model: torch.nn.Module, loader, cfg: Config, device: torch.device, 
             for b, det in enumerate(dets):
                 m = batch.gt_mask[b]
                 align.update_after_nms(det.boxes, det.scores, det.labels, gt_orig[b][m], batch.gt_labels[b][m])
-    metrics = evaluate_coco(dataset.coco, results, img_ids=dataset.image_ids)
+    metrics = evaluate_coco(dataset.coco, results, backend=backend, img_ids=dataset.image_ids)
     if align is not None:
         metrics.update(align.result())
     return metrics

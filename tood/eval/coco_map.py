@@ -1,4 +1,9 @@
-"""COCO box AP through pycocotools or faster-coco-eval, on the paper's 0-100 scale."""
+"""COCO box AP through faster-coco-eval or pycocotools, on the paper's 0-100 scale.
+
+Both backends give the same numbers (tests/test_eval.py checks it to 1e-9 on COCO-sized
+cases); faster-coco-eval runs the matching and accumulation in C++, about 10x faster
+(benchmarks/bench_eval.py), so it is the default wherever it is installed.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +13,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # order of COCOeval.stats[:6]
-BACKENDS = ("pycocotools", "faster")
+BACKENDS = ("auto", "faster", "pycocotools")  # auto: faster where importable, else pycocotools
 
 
 def detections_to_coco(
@@ -76,18 +81,38 @@ def _silent(*args, **kwargs) -> None:
     pass
 
 
+def faster_available() -> bool:
+    """Whether faster-coco-eval and its compiled extension import."""
+    try:
+        from faster_coco_eval import COCO, COCOeval_faster  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """``"faster"`` or ``"pycocotools"`` for ``backend`` (one of :data:`BACKENDS`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"tood/eval/coco_map.py: backend: unknown value {backend!r} (expected one of: {', '.join(BACKENDS)})")
+    if backend == "auto":
+        return "faster" if faster_available() else "pycocotools"
+    return backend
+
+
 def _run_faster(coco_gt, detections: list[dict], img_ids: list[int] | None, verbose: bool) -> list[float]:
     try:
         from faster_coco_eval import COCO, COCOeval_faster
     except ImportError as e:
         raise ImportError(
             "tood/eval/coco_map.py: backend='faster' needs the faster-coco-eval package "
-            "(pip install 'tood-ablate[fast-eval]'), or use backend='pycocotools'"
+            "(pip install 'faster-coco-eval>=1.6'), or use backend='pycocotools' or 'auto'"
         ) from e
     log = {"print_function": print if verbose else _silent}
-    # Deep copy: faster-coco-eval writes fields into the annotation dicts it is given.
-    gt = COCO(coco_gt.dataset, use_deepcopy=True, **log)
-    dt = gt.loadRes(detections)
+    # faster-coco-eval adds keys (ignore, area, id, ...) to the annotation dicts it is given and
+    # changes nothing nested, so copies of the dicts keep the inputs intact; its use_deepcopy,
+    # which loadRes applies to the detections too, would double the time on 5,000 images.
+    gt = COCO({**coco_gt.dataset, "annotations": [dict(a) for a in coco_gt.dataset["annotations"]]}, **log)
+    dt = gt.loadRes(detections)  # evaluate_coco's copies
     ev = COCOeval_faster(gt, dt, "bbox", **log)
     if img_ids is not None:
         ev.params.imgIds = img_ids
@@ -100,7 +125,7 @@ def _run_faster(coco_gt, detections: list[dict], img_ids: list[int] | None, verb
 def evaluate_coco(
     coco_gt,
     detections: list[dict],
-    backend: str = "pycocotools",
+    backend: str = "auto",
     img_ids: Sequence[int] | None = None,
     verbose: bool = False,
 ) -> dict[str, float]:
@@ -109,15 +134,16 @@ def evaluate_coco(
     Args:
         coco_gt: a pycocotools ``COCO`` with the ground truth.
         detections: COCO result dicts (see :func:`detections_to_coco`); not modified.
-        backend: ``"pycocotools"`` or ``"faster"`` (faster-coco-eval; same numbers).
+        backend: ``"faster"`` (faster-coco-eval), ``"pycocotools"`` (the reference; same
+            numbers, ~10x slower) or ``"auto"``: faster-coco-eval where it imports, else
+            pycocotools.
         img_ids: evaluate on these images only (default: every image of ``coco_gt``).
         verbose: let the evaluator print its usual summary.
     Returns:
         ``{AP, AP50, AP75, APs, APm, APl}`` in 0-100. No detections give 0.0; an area
         range without any ground truth gives nan (pycocotools reports -1 there).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"tood/eval/coco_map.py: backend: unknown value {backend!r} (expected one of: {', '.join(BACKENDS)})")
+    backend = resolve_backend(backend)
     dets = [dict(d) for d in detections]  # the evaluators add fields (area, id, iscrowd) in place
     ids = None if img_ids is None else [int(i) for i in img_ids]
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
