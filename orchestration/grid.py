@@ -1,6 +1,7 @@
 """Grid files (experiments/*.yaml) -> validated trial specs.
 
-A grid names a ``base:`` config, a ``table`` layout for the report, ``seeds`` and
+A grid names a ``base:`` config (relative to the grid, absolute, or a file of the project's
+experiments/: :func:`tood.config.load.resolve_base`), a ``table`` layout for the report, ``seeds`` and
 ``rows``; each row has a ``label``, ``factors`` (values of the fixed registry below,
 each turned into config overrides), optional raw ``set:`` overrides (dotted keys) and
 the paper's numbers under ``paper:``. Every trial's config is resolved through
@@ -21,6 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from tood.config import Config, ConfigError, build_config, load_raw, to_dict
+from tood.config.load import resolve_base
 
 TABLES = ("table1", "table2", "table3", "topm", "table4", "table6", "smoke")
 GRID_KEYS = ("study", "table", "base", "seeds", "rows")
@@ -167,7 +169,9 @@ def load_grid(path: str | Path) -> Grid:
     if raw["table"] not in TABLES:
         raise _err(path, "table", f"unknown value {raw['table']!r} (expected one of: {', '.join(TABLES)})")
     if not isinstance(raw["base"], str):
-        raise _err(path, "base", f"got {raw['base']!r} (expected a config file name relative to the grid file)")
+        raise _err(path, "base", f"got {raw['base']!r} (expected a config file: relative to the grid file, absolute, "
+                                 "or the name of a file in the project's experiments/)")
+    base = resolve_base(raw["base"], path)
     seeds = check_seeds(raw.get("seeds", [0]), f"{path}: seeds")
     rows = raw["rows"]
     if not isinstance(rows, list) or not rows:
@@ -175,7 +179,7 @@ def load_grid(path: str | Path) -> Grid:
     labels: set[str] = set()
     for i, row in enumerate(rows):
         _check_row(path, i, row, labels)
-    return Grid(path, raw["study"], raw["table"], path.parent / raw["base"], seeds, rows, raw)
+    return Grid(path, raw["study"], raw["table"], base, seeds, rows, raw)
 
 
 def factor_overrides(factors: dict[str, Any]) -> dict[str, Any]:

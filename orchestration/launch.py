@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from orchestration.tuner import make_tuner, ray_runtime, restore_tuner, set_log_
 from tood.config import ConfigError
 
 LAUNCH_FILE, TRIALS_FILE = "tood_launch.json", "tood_trials.json"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes in Ray's error texts
 NOT_IN_SUITE = ("base", "smoke", "demo")  # experiments/ files that --all leaves out
 
 
@@ -93,7 +95,7 @@ def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
         if r.error is not None:
             trial = r.config["trial"]
             for rid in [trial["run_id"], *trial.get("alias_run_ids", [])]:
-                errors[rid] = f"{type(r.error).__name__}: {r.error}"
+                errors[rid] = ANSI.sub("", f"{type(r.error).__name__}: {r.error}")
     return _finish(client, info, errors)
 
 
@@ -165,7 +167,6 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     from orchestration import preflight
     from orchestration.grid import expand, load_grid, resolved_grid
     from orchestration.suite import schedule, unique_trials
-    from orchestration.schema import default_tracking_uri
     from orchestration.tracking import copy_result, create_launch_runs, finished_by_key
     from orchestration.trainable import fault_plan
 
@@ -178,7 +179,9 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
         if studies.count(g.study) > 1:
             raise ConfigError(f"{g.path}: study: '{g.study}' is the study of another grid of this launch (expected one grid per study)")
     specs = [expand(g, opts.profile, opts.seeds, opts.overrides) for g in grids]
-    preflight.check_before_start(opts, [s for ss in specs for s in ss])
+    checked = preflight.check_before_start(opts, [s for ss in specs for s in ss])
+    if opts.tracking_uri:  # the launch record keeps the URI that works from any folder
+        opts = replace(opts, tracking_uri=checked.tracking_uri)
     unique = schedule(unique_trials(specs), specs)
     suite = len(grids) > 1
     name = opts.name or f"{'suite' if suite else grids[0].study}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -186,7 +189,7 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     if (path / LAUNCH_FILE).exists():
         raise ConfigError(f"{path}: a launch named '{name}' exists (expected a new --name, or `tood-ablate resume {name}`)")
     _prepare_data([specs[si][ti] for si, ti in (t.primary for t in unique)])
-    tracking_uri = opts.tracking_uri or default_tracking_uri()
+    tracking_uri = checked.tracking_uri
     client = MlflowClient(tracking_uri)
     launched = []
     for g, ss in zip(grids, specs):
@@ -223,7 +226,7 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
               f"earlier runs of the store (--rerun trains them again), {len(trials)} to train", file=sys.stderr)
     if not trials:
         return _finish(client, info, {})
-    with ray_runtime(opts.address, opts.quiet):
+    with ray_runtime(opts.address, opts.quiet, checked.ray_env):
         return _fit(lambda: make_tuner(trials, path, opts, name), client, info)
 
 
@@ -243,9 +246,9 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     from orchestration.tracking import reopen_parent
 
     info = load_launch(name, storage_path)
-    preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
+    info["tracking_uri"] = preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     opts = LaunchOptions(**info["options"])
-    preflight.check_ray_address(address or opts.address)
+    ray_env = preflight.check_ray_address(address or opts.address)
     if quiet is not None:
         opts.quiet = info["options"]["quiet"] = quiet
     path = Path(info["path"])
@@ -261,7 +264,7 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
                   "of the store; their results are reused (--rerun at launch trains them again)", file=sys.stderr)
     if not trials:
         return _finish(client, info, {})
-    with ray_runtime(address or opts.address, opts.quiet):
+    with ray_runtime(address or opts.address, opts.quiet, ray_env):
         return _fit(lambda: restore_tuner(path, trials, opts, name), client, info)
 
 
@@ -295,7 +298,7 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
     from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
 
     info = load_launch(name, storage_path)
-    preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
+    info["tracking_uri"] = preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     client = MlflowClient(info["tracking_uri"])
     statuses = [client.get_run(p).info.status for p in _parents(info)]
     info["parent_status"] = statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,29 +69,52 @@ def counts(lines: list[TrialLine]) -> str:
     return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
 
 
-def suite_line(trials: list, slots: int = 1) -> str:
-    """'suite: 12/69 trials done, 2 running, ETA 41 min': the ETA spreads the estimated cost
-    still to run (``trial['cost']``, running trials counted by the share of epochs left) at
-    the seconds per cost unit measured on the finished trials over ``slots`` (the most trials
-    seen running at once; at the instant a trial ends fewer are running)."""
-    from orchestration.suite import eta_seconds
-
-    done, remaining, running = [], 0.0, 0
+def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None = None,
+                ended: dict[str, float] | None = None, now: float | None = None) -> float | None:
+    """Seconds until the last of ``trials`` ends, None before one finished. Each trial takes its
+    estimated cost (``trial['cost']``) times the seconds per cost unit measured on the finished
+    ones (their wall time from ``started`` to ``ended``, monotonic seconds by trial id, else
+    Tune's ``time_total_s``). A running trial needs that less the time it has run (without a
+    start time: its share of epochs left); the waiting ones (pending, or stopped by an
+    interrupt) then take, in order, whichever of the ``slots`` concurrent slots frees first, as
+    Tune starts them. Unlike cost / slots, this keeps a lone long trial at the tail whole."""
+    started, ended = started or {}, ended or {}
+    now = time.monotonic() if now is None else now
+    done, running, waiting = [], [], []
     for t in trials:
-        spec, result = t.config.get("trial", {}), t.last_result or {}
+        spec, result, tid = t.config.get("trial", {}), t.last_result or {}, getattr(t, "trial_id", None)
         cost = float(spec.get("cost", 1.0))
         if finished(t):
-            if "already_finished" not in result and result.get("time_total_s"):
-                done.append((float(result["time_total_s"]), cost))
+            seconds = ended[tid] - started[tid] if tid in started and tid in ended else result.get("time_total_s")
+            if "already_finished" not in result and seconds:
+                done.append((float(seconds), cost))
             continue
         if t.status == "ERROR":
             continue
-        running += t.status == "RUNNING"
         epochs = spec.get("config", {}).get("train", {}).get("epochs") or 1
-        remaining += cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
-    n_done = sum(finished(t) for t in trials)
-    eta = eta_seconds(done, remaining, max(running, slots, 1))
-    return (f"suite: {n_done}/{len(trials)} trials done, {running} running, "
+        left = cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
+        if t.status == "RUNNING":
+            running.append((cost, now - started[tid]) if tid in started else (left, 0.0))
+        else:
+            waiting.append(left)
+    if not done:
+        return None
+    rate = sum(s for s, _ in done) / max(sum(c for _, c in done), 1e-9)  # seconds per cost unit
+    free = [max(0.0, rate * cost - ran) for cost, ran in running]  # seconds until each slot is free
+    free += [0.0] * max(0, slots - len(free))
+    for cost in waiting:
+        i = free.index(min(free))
+        free[i] += rate * cost
+    return max(free, default=0.0)
+
+
+def suite_line(trials: list, slots: int = 1, started: dict[str, float] | None = None,
+               ended: dict[str, float] | None = None, now: float | None = None) -> str:
+    """'suite: 12/69 trials done, 2 running, ETA 41 min' (ETA: :func:`eta_seconds` over
+    ``slots``, the most trials seen running at once)."""
+    running = sum(t.status == "RUNNING" for t in trials)
+    eta = eta_seconds(trials, max(running, slots, 1), started, ended, now)
+    return (f"suite: {sum(finished(t) for t in trials)}/{len(trials)} trials done, {running} running, "
             + ("ETA -" if eta is None else f"ETA {eta / 60:.0f} min"))
 
 
@@ -104,6 +128,8 @@ class ProgressTable(Callback):
         self._mode = "off"
         self._suite = ""
         self._slots = 1
+        self._started: dict[str, float] = {}  # trial id -> monotonic seconds at its first start
+        self._ended: dict[str, float] = {}
 
     def __getstate__(self) -> dict:
         return {"title": self.title}
@@ -134,6 +160,12 @@ class ProgressTable(Callback):
             table.add_row(*describe(line), style=style.get(line.state))
         return table
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._started.setdefault(trial.trial_id, time.monotonic())  # a retry's time counts with the trial
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._ended[trial.trial_id] = time.monotonic()
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._render(trials)
 
@@ -151,7 +183,7 @@ class ProgressTable(Callback):
         if not changed:
             return
         self._slots = max(self._slots, sum(t.status == "RUNNING" for t in trials))
-        self._suite = suite_line(trials, self._slots)
+        self._suite = suite_line(trials, self._slots, self._started, self._ended)
         self._seen.update({l.name: l for l in changed})
         if self._live is not None:
             self._live.update(self._table(lines))

@@ -125,12 +125,3 @@ def schedule(trials: list[UniqueTrial], specs_per_study: list[list[Any]]) -> lis
         return seeds.index(spec.seed), -t.cost, t.key
 
     return sorted(trials, key=rank)
-
-
-def eta_seconds(done: list[tuple[float, float]], remaining_cost: float, slots: int) -> float | None:
-    """Seconds left: the measured seconds per cost unit of finished trials ``[(seconds, cost)]``
-    times the remaining cost, spread over ``slots`` concurrent trials; None before any finished."""
-    if not done or slots < 1:
-        return None
-    rate = sum(s for s, _ in done) / max(sum(c for _, c in done), 1e-9)
-    return rate * remaining_cost / slots

@@ -66,8 +66,9 @@ def retry(fn: Callable[..., T], *args: Any, budget_s: float | None = None, **kwa
 
 
 def ensure_experiment(client: MlflowClient, study: str) -> str:
-    """Id of experiment ``tood-ablate/<study>``; created with artifacts under ``<cwd>/mlartifacts``
-    for a local (sqlite/file) store, under the server's artifact root otherwise. It is tagged as
+    """Id of experiment ``tood-ablate/<study>``; created with artifacts beside the store: under
+    ``<folder of the .db>/mlartifacts`` for a sqlite store, inside the store's folder for a
+    file store (MLflow's own layout), under the server's artifact root otherwise. It is tagged as
     a model-training experiment (the UI opens on its runs, not the GenAI overview) with a saved
     view of the paper's metric columns (orchestration.mlflow_ui); an older experiment without the
     kind tag gets the tags on its next launch."""
@@ -79,8 +80,10 @@ def ensure_experiment(client: MlflowClient, study: str) -> str:
             for key, value in ui_tags.items():
                 retry(client.set_experiment_tag, exp.experiment_id, key, value)
         return exp.experiment_id
-    local = client.tracking_uri.startswith(("sqlite:", "file:", "/"))
-    location = (Path("mlartifacts").resolve() / "tood-ablate" / study).as_uri() if local else None
+    location = None
+    if client.tracking_uri.startswith("sqlite:///"):
+        db = Path(client.tracking_uri[len("sqlite:///"):].partition("?")[0]).resolve()
+        location = (db.parent / "mlartifacts" / "tood-ablate" / study).as_uri()
     try:
         return client.create_experiment(name, artifact_location=location, tags=ui_tags)
     except MlflowException:  # created meanwhile by another launch

@@ -7,6 +7,11 @@ checkpoint goes to Tune with ``tune.report``, and a retried trial restores it wi
 ``tune.get_checkpoint()``. Several workers: the trial drives a Ray Train ``TorchTrainer``
 whose workers all call ``train()`` under a torch process group (DDP); rank 0 checkpoints
 into the launch's storage folder (shared storage on a cluster), where a retry resumes.
+
+A crash or a lost node is retried up to the launch's ``--max-failures``; an error no retry
+can mend (:data:`PERMANENT`: a config or dataset error) fails the trial after its first
+attempt (:class:`PermanentErrors`). A finished trial's last checkpoint keeps the model but not
+the optimizer's state (:func:`slim_checkpoint`).
 """
 from __future__ import annotations
 
@@ -25,11 +30,49 @@ from ray import tune
 from orchestration import tracking
 from orchestration.host import host_tag
 from orchestration.schema import CPUS_TAG, GPUS_TAG, HOST_TAG
-from tood.config import build_config
+from tood.config import ConfigError, build_config
+from tood.data.coco import DatasetError
+from tood.engine import NonFiniteLossError
 
 FAIL_ONCE_ENV = "TOOD_FAIL_ONCE_AT_EPOCH"  # fault injection (tests): fail once after this epoch's checkpoint
 FAIL_ONCE_TRIAL_ENV = "TOOD_FAIL_ONCE_TRIAL"  # ... only in trials whose name contains this text
 STATE_FILE = "trial_state.json"
+
+
+# Errors a retry cannot mend: a broken dataset, a config (or a file made by another recipe,
+# a checkpoint of another model) that does not fit, a loss that diverges (a retry resumes from
+# the same checkpoint and RNG state, so it diverges again).
+PERMANENT = (ConfigError, DatasetError, NonFiniteLossError)
+PERMANENT_KEY = "tood_permanent_error"  # in the result a trial reports just before raising a permanent error
+
+
+def permanent_cause(error: BaseException) -> BaseException | None:
+    """The innermost :data:`PERMANENT` error behind ``error`` (itself, its cause or context
+    chain, the cause of a Ray task error, a Ray Train worker's failure), or None. Innermost:
+    Ray re-raises a task's error as a subclass of it whose text is a coloured traceback."""
+    found, todo, seen = None, [error], set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        found = e if isinstance(e, PERMANENT) else found
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None), *getattr(e, "worker_failures", {}).values()]
+    return found
+
+
+class PermanentErrors(tune.Callback):
+    """A trial that reports :data:`PERMANENT_KEY` gets no retry of the error it raises next;
+    other errors keep the launch's ``--max-failures``. Tune decides on a retry from the trial's
+    own ``max_failures``, so that is what this sets (back to the launch's value whenever the
+    trial starts again, e.g. on resume after the data were fixed)."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        trial.max_failures = int(trial.config["trial"]["max_failures"])
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get(PERMANENT_KEY):
+            trial.max_failures = 0
 
 
 class InjectedFault(RuntimeError):
@@ -88,7 +131,10 @@ def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -
 
     def on_epoch_end(end) -> None:
         with tempfile.TemporaryDirectory() as d:
-            shutil.copy(end.checkpoint, Path(d) / "last.pt")
+            if end.epoch == cfg.train.epochs:
+                slim_checkpoint(end.checkpoint, Path(d) / "last.pt")
+            else:
+                shutil.copy(end.checkpoint, Path(d) / "last.pt")
             (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial["run_id"]}))
             tune.report(_floats(end.metrics), checkpoint=tune.Checkpoint.from_directory(d))
         _maybe_fail(trial, end.epoch)
@@ -96,6 +142,18 @@ def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -
     result = train(cfg, work, resume=resume, log=_mlflow_log(client, trial["run_id"]), on_epoch_end=on_epoch_end,
                    extra_state={"mlflow_run_id": trial["run_id"]}, progress=False)
     return _floats(result.metrics), result.checkpoint
+
+
+def slim_checkpoint(path: Path, out: Path) -> None:
+    """``path`` written to ``out`` without the optimizer's per-parameter state (momentum, Adam
+    moments: up to twice the model's size). Only for a trial's last epoch: nothing trains
+    after it, so a retry that restores it just returns its metrics, and what stays in the
+    storage is the model that ``tood-ablate diagnose`` evaluates."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state["optimizer"] = {**state["optimizer"], "state": {}}
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
 
 
 def _worker_loop(config: dict[str, Any]) -> None:
@@ -190,10 +248,14 @@ def run_trial(config: dict[str, Any]) -> None:
         tracking.finish_trial(client, run_id, trial["config"], metrics, step=trial["config"]["train"]["epochs"],
                               checkpoint=checkpoint if trial.get("log_checkpoints") else None)
         _fill_aliases(client, trial)
+        if parallel and checkpoint is not None:
+            slim_checkpoint(checkpoint, checkpoint)
     except Exception as e:
         _log_attempt(client, trial, attempt.number, t0)
-        budget = trial["max_failures"]
-        tracking.record_error(client, run_id, e, final=budget >= 0 and attempt.number > budget)
+        cause, budget = permanent_cause(e), trial["max_failures"]
+        tracking.record_error(client, run_id, cause or e, final=cause is not None or 0 <= budget < attempt.number)
+        if cause is not None:
+            tune.report({PERMANENT_KEY: 1.0})  # PermanentErrors then denies the retry of the error raised below
         raise
     finally:
         if not parallel:

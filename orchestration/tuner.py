@@ -26,6 +26,10 @@ def set_log_level(quiet: bool) -> int:
     tune_log = logging.getLogger("ray.tune.tune")
     if not any(isinstance(f, _NoTuneRestoreHint) for f in tune_log.filters):
         tune_log.addFilter(_NoTuneRestoreHint())
+    # A trial's config or dataset error is its own message, not Ray's coloured traceback.
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, _PermanentErrorInOneLine) for f in controller_log.filters):
+        controller_log.addFilter(_PermanentErrorInOneLine())
     return level
 
 
@@ -34,11 +38,28 @@ class _NoTuneRestoreHint(logging.Filter):
         return not record.getMessage().startswith("Experiment has been interrupted")
 
 
+class _PermanentErrorInOneLine(logging.Filter):
+    """Tune's "Trial task failed" record of an error a retry cannot mend
+    (:func:`orchestration.trainable.permanent_cause`) becomes one line with its message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            from orchestration.trainable import permanent_cause
+
+            cause = permanent_cause(error)
+            if cause is not None:
+                record.msg = f"{record.getMessage()}: {type(cause).__name__}: {cause} (not retried: a retry cannot mend it)"
+                record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 @contextlib.contextmanager
-def ray_runtime(address: str | None, quiet: bool) -> Iterator[None]:
-    """Join the cluster at ``address``, or start a local runtime sized to this machine
-    (``$TOOD_RAY_OBJECT_STORE_MB``, default 256, of object store) and stop it afterwards.
-    A runtime the caller already started is used as it is."""
+def ray_runtime(address: str | None, quiet: bool, env: dict[str, str] | None = None) -> Iterator[None]:
+    """Join the cluster at ``address`` with ``env`` set for the driver (what
+    :func:`orchestration.preflight.check_ray_address` found it needs, e.g. ``RAY_AUTH_MODE=token``),
+    or start a local runtime sized to this machine (``$TOOD_RAY_OBJECT_STORE_MB``, default 256,
+    of object store) and stop it afterwards. A runtime the caller already started is used as it is."""
     import ray
 
     if ray.is_initialized():
@@ -46,6 +67,7 @@ def ray_runtime(address: str | None, quiet: bool) -> Iterator[None]:
         return
     level = set_log_level(quiet)
     if address:
+        _driver_env(env or {})
         ray.init(address=address, log_to_driver=False, logging_level=level)
     else:  # "local": never attach to another Ray instance running on this machine
         store_mb = int(os.environ.get("TOOD_RAY_OBJECT_STORE_MB", "256"))
@@ -61,6 +83,17 @@ def ray_runtime(address: str | None, quiet: bool) -> Iterator[None]:
 
 
 LOOPBACK = "127.0.0.1"
+
+
+def _driver_env(env: dict[str, str]) -> None:
+    """Set ``env`` for this process; Ray caches its settings (RAY_AUTH_MODE among them) per
+    process, so they are read again."""
+    if not env:
+        return
+    os.environ.update(env)
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 def _loopback_only() -> None:
@@ -116,6 +149,7 @@ def make_tuner(trials: list[dict], path: Path, opts: Any, title: str):
     from ray import tune
 
     from orchestration.progress import ProgressTable
+    from orchestration.trainable import PermanentErrors
 
     workers = max(1, opts.workers_per_trial)
     return tune.Tuner(
@@ -127,8 +161,8 @@ def make_tuner(trials: list[dict], path: Path, opts: Any, title: str):
         run_config=tune.RunConfig(
             name=path.name, storage_path=str(path.parent), verbose=0, log_to_file=True,
             failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[ProgressTable(title)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # what a retry or a resume continues from
+            callbacks=[ProgressTable(title), PermanentErrors()],
         ),
     )
 

@@ -8,14 +8,14 @@ from tood.engine import learning_rate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", [None, "proxy", "proxy_long", "coco"])
+@pytest.mark.parametrize("profile", [None, "proxy", "proxy_long", "smoke", "coco"])
 def test_base_config_loads_with_every_profile(profile):
     cfg = load_config(ROOT / "experiments/base.yaml", profile=profile)
     assert isinstance(cfg, Config)
     # The paper's settings hold unless a profile changes them.
     assert cfg.test.nms_iou == 0.6 and cfg.test.score_thr == 0.05 and cfg.test.max_per_img == 100
     assert (cfg.criterion.topk, cfg.criterion.alpha, cfg.criterion.beta) == (13, 1.0, 6.0)
-    if profile not in ("proxy", "proxy_long"):
+    if profile not in ("proxy", "proxy_long", "smoke"):
         assert cfg.train.lr == 0.01 and cfg.train.batch_size == 16 and cfg.train.lr_steps == (8, 11)
         assert cfg.data.img_scale == (1333, 800) and cfg.model.backbone.depth == 50
 
@@ -92,6 +92,24 @@ def test_overrides_profiles_and_base_chain(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_base_is_found_beside_the_file_then_in_the_project(tmp_path):
+    """A config copied out of the project keeps `base: base.yaml`: the project's experiments/
+    file is used unless one of that name stands beside the copy; an absolute base is used as is."""
+    (tmp_path / "mine.yaml").write_text("base: base.yaml\ntest:\n  nms_iou: 0.5\n")
+    cfg = load_config(tmp_path / "mine.yaml", profile="proxy")
+    assert (cfg.test.nms_iou, cfg.model.backbone.depth, cfg.train.lr) == (0.5, 18, 0.002)  # the project's proxy
+    (tmp_path / "base.yaml").write_text(f"base: {ROOT / 'experiments/base.yaml'}\ntrain:\n  weight_decay: 0.5\n")
+    assert load_config(tmp_path / "mine.yaml").train.weight_decay == 0.5  # the one beside it wins
+    (tmp_path / "mine.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "mine.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'mine.yaml'}: base: 'nowhere.yaml' not found (tried "
+                                   f"{tmp_path / 'nowhere.yaml'}, {ROOT / 'experiments/nowhere.yaml'};")
+    (tmp_path / "mine.yaml").write_text(f"base: {tmp_path / 'gone.yaml'}\n")
+    with pytest.raises(ConfigError, match=rf"base: '{tmp_path / 'gone.yaml'}' not found \(tried {tmp_path / 'gone.yaml'};"):
+        load_config(tmp_path / "mine.yaml")
 
 
 def test_learning_rate_schedule_hand_values():

@@ -17,12 +17,12 @@ def test_every_paper_study_has_a_grid():
 
 
 def test_base_is_a_plain_config():
-    for profile in ("proxy", "proxy_long", "coco"):
+    for profile in ("proxy", "proxy_long", "smoke", "coco"):
         cfg = load_config(BASE, profile=profile)
         assert cfg.model.head.type == "t_head" and cfg.criterion.assigner == "tal"
 
 
-@pytest.mark.parametrize("profile", ["proxy", "proxy_long", "coco"])
+@pytest.mark.parametrize("profile", ["proxy", "proxy_long", "smoke", "coco"])
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
 def test_every_grid_expands(path, profile):
     text = path.read_text()
@@ -166,7 +166,8 @@ def test_invalid_grids_fail_naming_file_and_key(tmp_path, body, pattern):
         ("study: s\ntable: tabel9\nbase: base.yaml\nrows:\n  - label: a\n", r"bad\.yaml: table: unknown value 'tabel9' \(expected one of: table1, table2, table3, topm, table4, table6, smoke\)"),
         ("study: s\ntable: smoke\nrows:\n  - label: a\n", r"bad\.yaml: base: missing"),
         ("study: a/b\ntable: smoke\nbase: base.yaml\nrows:\n  - label: a\n", r"bad\.yaml: study: got 'a/b'"),
-        ("study: s\ntable: smoke\nbase: nowhere.yaml\nrows:\n  - label: a\n", r"nowhere\.yaml: cannot read config file"),
+        ("study: s\ntable: smoke\nbase: nowhere.yaml\nrows:\n  - label: a\n",
+         r"bad\.yaml: base: 'nowhere\.yaml' not found \(tried .*nowhere\.yaml, .*experiments/nowhere\.yaml; expected a config file"),
         ("- just\n- a list\n", r"bad\.yaml: top level must be a mapping"),
         ("study: [unclosed\n", r"bad\.yaml: invalid YAML"),
     ],

@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestration.grid import expand_grid
-from orchestration.suite import eta_seconds, estimated_cost, schedule, trial_key, unique_trials
+from orchestration.suite import estimated_cost, schedule, trial_key, unique_trials
 from tood.build import SCHEME_FIELDS, build_criterion, unused_criterion_fields
 from tood.config import build_config
 from tests.test_orchestration import SMOKE, _study_runs, launch  # noqa: F401  (fixture)
@@ -133,9 +133,6 @@ def test_estimated_cost_and_eta_by_hand():
     assert estimated_cost(cfg) == pytest.approx(1.2 * (100 * 4 + 0.5 * 20 * 2))
     cfg["train"]["max_iters_per_epoch"] = 5  # 5 x 8 = 40 images an epoch
     assert estimated_cost(cfg) == pytest.approx(1.2 * (40 * 4 + 0.5 * 20 * 2))
-    # finished: 100 s for 50 units and 300 s for 150 -> 2 s a unit; 60 units left over 2 slots
-    assert eta_seconds([(100.0, 50.0), (300.0, 150.0)], 60.0, 2) == pytest.approx(60.0)
-    assert eta_seconds([], 60.0, 2) is None
 
 
 # ------------------------------------------------------------------ end to end
@@ -246,10 +243,12 @@ def test_suite_progress_line_by_hand():
 
     trials = [trial("TERMINATED", 10.0, 4, 100.0), trial("TERMINATED", 30.0, 4, 300.0), trial("TERMINATED", 50.0, 4, 9.0, reused=True),
               trial("RUNNING", 20.0, 1), trial("PENDING", 40.0), trial("ERROR", 99.0)]
-    # 10 s a unit (the resumed trial's time says nothing); left: 20 * 3/4 + 40 = 55 units over 2 slots
-    assert suite_line(trials, slots=2) == "suite: 3/6 trials done, 1 running, ETA 5 min"
+    # 10 s a unit (the resumed trial's time says nothing); the running trial has 20 * 3/4 = 15 units
+    # left (150 s in one slot), the pending one's 40 units take the other slot: 400 s
+    assert suite_line(trials, slots=2) == "suite: 3/6 trials done, 1 running, ETA 7 min"
     assert suite_line(trials[3:], slots=2) == "suite: 0/3 trials done, 1 running, ETA -"
-    # interrupted: Tune ends the running and pending trials TERMINATED; they are still to run
-    # (20 * 3/4 + 40 + 60 = 115 units over 2 slots: 575 s)
+    # interrupted: Tune ends the running and pending trials TERMINATED; they are still to run, in
+    # order into the slot that frees first: 15 units (slot 1: 150 s), 40 (slot 2: 400 s), 60 (slot 1:
+    # 150 + 600 = 750 s) -> 12.5 min
     stopped = trials[:3] + [trial("TERMINATED", 20.0, 1), trial("TERMINATED", 40.0), trial("TERMINATED", 60.0)]
-    assert suite_line(stopped, slots=2) == "suite: 3/6 trials done, 0 running, ETA 10 min"
+    assert suite_line(stopped, slots=2) == "suite: 3/6 trials done, 0 running, ETA 12 min"

@@ -1,9 +1,10 @@
 """Typed configuration and YAML loading.
 
 A config file is YAML whose top-level sections mirror :class:`Config`. It may name a
-``base:`` file (relative to itself) whose values it overrides, and a ``profiles:``
-mapping of named override sets (``proxy``, ``proxy_long``, ``coco``) selected with ``profile=``;
-a profile may start from another one (``extends: proxy``).
+``base:`` file (relative to itself, absolute, or a file of the project's experiments/: see
+:func:`resolve_base`) whose values it overrides, and a ``profiles:`` mapping of named
+override sets (``proxy``, ``proxy_long``, ``coco``) selected with ``profile=``; a profile may start
+from another one (``extends: proxy``).
 Overrides given as ``key.path=value`` strings are parsed as YAML scalars.
 Every unknown key or wrongly typed value is a :class:`ConfigError` naming the file,
 the dotted key and what was expected, with the nearest valid key suggested.
@@ -179,8 +180,25 @@ def set_dotted(data: dict, key: str, value: Any, where: str) -> None:
         node = node[part]
 
 
+# The project's own configs: a grid or config copied elsewhere may still name `base: base.yaml`.
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+
+
+def resolve_base(base: str, referrer: Path) -> Path:
+    """The file a ``base:`` entry of ``referrer`` (a config or grid file) names: a path relative
+    to ``referrer``'s folder, an absolute path, or the name of a file in the project's
+    ``experiments/`` folder, tried in that order; a ConfigError lists the places tried."""
+    tried = [Path(base)] if Path(base).is_absolute() else [referrer.parent / base, EXPERIMENTS / base]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{referrer}: base: {base!r} not found (tried {', '.join(map(str, tried))}; expected a config file "
+                      "relative to this file, an absolute path, or the name of a file in the project's experiments/)")
+
+
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """The merged mapping of a config file and its ``base:`` chain (profiles kept)."""
+    """The merged mapping of a config file and its ``base:`` chain (profiles kept); each
+    ``base:`` is found by :func:`resolve_base`."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"{path}: base: cycle through {' -> '.join(map(str, _seen))}")
@@ -189,7 +207,7 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base: expected a file name (got {base!r})")
-        data = deep_merge(load_raw(path.parent / base, _seen + (path,)), data)
+        data = deep_merge(load_raw(resolve_base(base, path), _seen + (path,)), data)
     return data
 
 
