@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tood.assigners.base import AssignResult
+from tood.assigners.common import where_true
 from tood.losses import centerness_target, focal_loss, giou_loss, quality_focal_loss
 
 Assigner = Callable[..., AssignResult]
@@ -67,7 +68,10 @@ class TOODCriterion:
         with torch.no_grad():
             res = phase.assigner(priors, logits.sigmoid(), boxes.detach(), gt_boxes, gt_labels, gt_mask)
         fg = res.fg_mask  # (B, A)
-        num_pos = int(fg.sum())
+        # the positives as flat indices b * A + a: one nonzero serves every gather below, and num_pos
+        # is its length (no read of the device of its own)
+        pos = where_true(fg.reshape(-1))  # (P,)
+        num_pos = pos.numel()
         valid = (res.labels >= 0).float()  # (B, A); -1 marks anchors an assigner ignores
 
         onehot = F.one_hot(res.labels.clamp(min=0), self.num_classes + 1)[..., : self.num_classes].float()  # (B, A, C)
@@ -75,24 +79,25 @@ class TOODCriterion:
             cls = quality_focal_loss(logits, onehot * res.scores[..., None])  # (B, A, C)
         else:
             cls = focal_loss(logits, onehot)  # (B, A, C)
-        cls_norm = res.scores[fg].sum().clamp(min=1.0) if phase.cls_norm == "target_sum" else max(num_pos, 1)
+        scores = res.scores.reshape(-1)[pos]  # (P,)
+        cls_norm = scores.sum().clamp(min=1.0) if phase.cls_norm == "target_sum" else max(num_pos, 1)
         loss_cls = (cls.sum(-1) * valid).sum() / cls_norm
 
-        points = priors.points.expand(fg.shape[0], -1, -1)[fg]  # (P, 2)
-        target_boxes = res.boxes[fg]  # (P, 4)
+        points = priors.points[pos % fg.shape[1]]  # (P, 2)
+        target_boxes = res.boxes.reshape(-1, 4)[pos]  # (P, 4)
         if phase.box_weight == "target":
-            weight, min_norm = res.scores[fg], 1.0  # (P,)
+            weight, min_norm = scores, 1.0  # (P,)
         elif phase.box_weight == "max_score":
-            weight, min_norm = logits.detach()[fg].sigmoid().amax(-1), 1e-6  # (P,)
+            weight, min_norm = logits.detach().flatten(0, 1)[pos].sigmoid().amax(-1), 1e-6  # (P,)
         elif phase.box_weight == "centerness":
             weight, min_norm = centerness_target(points, target_boxes), 1e-6
         else:
-            weight, min_norm = torch.ones_like(res.scores[fg]), 1.0
-        loss_box = self.reg_weight * (giou_loss(boxes[fg], target_boxes) * weight).sum() / weight.sum().clamp(min=min_norm)
+            weight, min_norm = torch.ones_like(scores), 1.0
+        loss_box = self.reg_weight * (giou_loss(boxes.reshape(-1, 4)[pos], target_boxes) * weight).sum() / weight.sum().clamp(min=min_norm)
 
         terms = {"loss_cls": loss_cls, "loss_box": loss_box}
         if outputs.get("centerness") is not None:
-            ctr_logits = outputs["centerness"].float()[fg]  # (P,)
+            ctr_logits = outputs["centerness"].float().reshape(-1)[pos]  # (P,)
             ctr_target = centerness_target(points, target_boxes)
             terms["loss_centerness"] = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="sum") / max(num_pos, 1)
         total = sum(terms.values())

@@ -24,6 +24,7 @@ from tood.assigners.common import (
     pairs_from_mask,
     pick_per_prior,
     side_margin,
+    where_true,
 )
 from tood.boxes import aligned_iou, box_centers
 from tood.priors import Priors
@@ -54,9 +55,8 @@ def atss_candidates(priors: Priors, gts: Tensor, k: int) -> tuple[Tensor, Tensor
     # on distance breaks ties by prior index
     block = dy2.gather(-1, row)[..., :, None] + dx2.gather(-1, col)[..., None, :]  # (B, G, L, kr, kc)
     take = torch.sort(block.flatten(-2), dim=-1, stable=True).indices[..., :k]  # (B, G, L, k')
-    start = torch.tensor([s for s, _, _ in layout], device=gts.device)  # (L,)
-    width = torch.tensor([w for _, _, w in layout], device=gts.device)  # (L,)
-    per_level = torch.tensor([min(k, h * w) for _, h, w in layout], device=gts.device)  # (L,)
+    # (L,) each, one copy to the device
+    start, width, per_level = torch.tensor([(s, w, min(k, h * w)) for s, h, w in layout], device=gts.device).unbind(1)
     valid = torch.arange(take.shape[-1], device=gts.device) < per_level[:, None]  # (L, k')
     r = row.gather(-1, torch.div(take, kc, rounding_mode="floor"))  # (B, G, L, k')
     c = col.gather(-1, take % kc)  # (B, G, L, k')
@@ -98,7 +98,7 @@ class ATSSAssigner:
         p = pairs_from_mask(pos)  # p.a indexes K here
         a = cand.reshape(-1, cand.shape[-1])[p.seg, p.a]  # (M,) prior index
         key = ious.reshape(-1, cand.shape[-1])[p.seg, p.a]  # (M,)
-        win = pick_per_prior(p.b * na + a, key, p.g, nb * na)  # (M,)
-        b, a, g, seg = p.b[win], a[win], p.g[win], p.seg[win]
+        win = where_true(pick_per_prior(p.b * na + a, key, p.g, nb * na))  # (M',) one nonzero for the four
+        b, a, g, seg = (x.index_select(0, win) for x in (p.b, a, p.g, p.seg))
         scores = aligned_iou(pred_boxes.float().reshape(-1, 4)[b * na + a], gts.reshape(-1, 4)[seg])  # (M',)
         return build_result(b, a, g, scores, gts, gt_labels, na, self.num_classes)

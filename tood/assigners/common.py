@@ -93,9 +93,9 @@ def overlap_pairs(priors: Priors, boxes: Tensor, gt_boxes: Tensor, gt_mask: Tens
     na, per_image = boxes.shape[1], boxes.shape[0] > 1
     layout, cols, rows = level_grids(priors)
     nl, dev, i32 = len(layout), gt_boxes.device, torch.int32
-    start, height, width = (torch.tensor(v, device=dev) for v in zip(*layout))  # (L,) each
+    start, height, width = torch.tensor(layout, device=dev).unbind(1)  # (L,) each, one copy to the device
     stride = priors.strides[start]  # (L,)
-    level = torch.repeat_interleave(torch.arange(nl, device=dev), torch.tensor(priors.num_per_level, device=dev))  # (A,)
+    level = torch.repeat_interleave(torch.arange(nl, device=dev), height * width, output_size=sum(priors.num_per_level))  # (A,)
     pts = priors.points  # (A, 2)
     reach = torch.cat([pts - boxes[..., :2], boxes[..., 2:] - pts], -1)  # (B', A, 4) left, up, right, down
     far = reach.new_full((reach.shape[0], nl, 4), float("-inf"))
@@ -109,12 +109,12 @@ def overlap_pairs(priors: Priors, boxes: Tensor, gt_boxes: Tensor, gt_mask: Tens
     r1 = (((gy2 + far[..., 1] - rows[:, 0]) / stride).ceil() + 1).clamp(min=-1).minimum(height - 1.0)
     nx = (c1 - c0 + 1).clamp(min=0).int().reshape(-1)  # (B*G*L,) window size of each (image, GT, level)
     ny = ((r1 - r0 + 1).clamp(min=0) * gt_mask[..., None]).int().reshape(-1)
-    total = int((nx * ny).sum())
+    total, num_runs = torch.stack([(nx * ny).sum(), ny.sum()]).tolist()  # pairs and window rows, one read
     if total * 4 > nb * ng * na:
         return pairs_from_mask(overlap_mask(boxes, gt_boxes, gt_mask))
 
     # a run = one row of one window = consecutive priors; int32 index maths (much cheaper here)
-    cell = torch.repeat_interleave(torch.arange(ny.numel(), device=dev, dtype=i32), ny)  # (R,) its window
+    cell = torch.repeat_interleave(torch.arange(ny.numel(), device=dev, dtype=i32), ny, output_size=num_runs)  # (R,) its window
     row = r0.int().reshape(-1)[cell] + torch.arange(cell.numel(), device=dev, dtype=i32) - (ny.cumsum(0, dtype=i32) - ny)[cell]
     seg_cell = torch.arange(nb * ng, device=dev, dtype=i32).repeat_interleave(nl)  # (B*G*L,) flat GT id
     first = start.int().repeat(nb * ng) + c0.int().reshape(-1)  # (B*G*L,) first prior of the window's row 0
@@ -185,7 +185,10 @@ def empty_result(pred_boxes: Tensor, num_classes: int) -> AssignResult:
 
 
 def has_no_gt(gt_mask: Tensor) -> bool:
-    return gt_mask.shape[1] == 0 or not bool(gt_mask.any())
+    """Whether the batch has no GT slots at all. A batch whose slots are all padding takes the
+    assigners' general path, which gives the same all-background result without the host reading
+    ``gt_mask`` (tests/test_assigners.py::test_no_ground_truth_in_the_batch)."""
+    return gt_mask.shape[1] == 0
 
 
 def level_grids(priors: Priors) -> tuple[list[tuple[int, int, int]], Tensor, Tensor]:
@@ -196,24 +199,33 @@ def level_grids(priors: Priors) -> tuple[list[tuple[int, int, int]], Tensor, Ten
     :func:`tood.priors.make_priors` builds (the window search relies on it).
     """
     pts = priors.points
-    layout, start = [], 0
-    for n in priors.num_per_level:  # metadata of <= 5 levels, no per-prior work
-        w = int((pts[start : start + n, 1] == pts[start, 1]).sum())
-        layout.append((start, n // w, w))
-        start += n
+    starts = [sum(priors.num_per_level[:lvl]) for lvl in range(len(priors.num_per_level))]
+    widths, on_grid = [], []
+    for s, n in zip(starts, priors.num_per_level):  # metadata of <= 5 levels, no per-prior work
+        w = (pts[s : s + n, 1] == pts[s, 1]).sum()  # () points on the first row
+        i = torch.arange(n, device=pts.device)
+        col, row = i % w.clamp(min=1), torch.div(i, w.clamp(min=1), rounding_mode="floor")  # (n,) each
+        stride = priors.strides[s]
+        grid = torch.stack([pts[s, 0] + col * stride, pts[s, 1] + row * stride], 1)  # (n, 2) as make_priors lays it out
+        widths.append(w)
+        on_grid.append((grid == pts[s : s + n]).all().long())
+    # the widths give shapes, so the host needs them: one read for every level's width and check
+    host = torch.stack(widths + on_grid).tolist()
+    layout = []
+    for lvl, (s, n, w, ok) in enumerate(zip(starts, priors.num_per_level, host[: len(starts)], host[len(starts) :])):
+        if w == 0 or n % w or not ok:
+            raise ValueError(
+                f"tood/assigners/common.py: priors level {lvl}: points are not a row-major grid of spacing "
+                f"{float(priors.strides[s])} (expected the layout of tood.priors.make_priors)"
+            )
+        layout.append((s, n // w, w))
     wmax, hmax = max(w for _, _, w in layout), max(h for _, h, _ in layout)
     cols = pts.new_full((len(layout), wmax), float("inf"))  # (L, Wmax)
     rows = pts.new_full((len(layout), hmax), float("inf"))  # (L, Hmax)
     for lvl, (s, h, w) in enumerate(layout):
-        n, stride = h * w, priors.strides[s]
+        stride = priors.strides[s]
         cols[lvl, :w] = pts[s, 0] + torch.arange(w, device=pts.device) * stride
         rows[lvl, :h] = pts[s, 1] + torch.arange(h, device=pts.device) * stride
-        grid = torch.stack([cols[lvl, :w].repeat(h), rows[lvl, :h].repeat_interleave(w)], 1)  # (n, 2)
-        if n != priors.num_per_level[lvl] or not torch.equal(grid, pts[s : s + n]):
-            raise ValueError(
-                f"tood/assigners/common.py: priors level {lvl}: points are not a row-major grid of spacing "
-                f"{float(stride)} (expected the layout of tood.priors.make_priors)"
-            )
     return layout, cols, rows
 
 

@@ -48,7 +48,7 @@ def centre_block(priors: Priors, gts: Tensor, size: int = 5) -> tuple[Tensor, Te
     indices ``(B, G, L * size^2)`` and their validity ``(L * size^2,)`` (smaller levels have fewer)."""
     layout, cols, rows = level_grids(priors)
     dev = gts.device
-    start, height, width = (torch.tensor(v, device=dev) for v in zip(*layout))  # (L,)
+    start, height, width = torch.tensor(layout, device=dev).unbind(1)  # (L,) each, one copy to the device
     stride = priors.strides[start]  # (L,)
     ctr = box_centers(gts)  # (B, G, 2)
     nw, nh = width.clamp(max=size), height.clamp(max=size)  # (L,)
@@ -175,7 +175,8 @@ class TaskAlignedAssigner:
         then only priors whose point lies inside the GT."""
         num_gt, k = gts.shape[0] * gts.shape[1], self.topk
         key = (c.t.view(torch.int32).long() << 32) | (2**31 - 1 - c.p.a)  # (N',) t >= 0: its bits sort like t
-        counts = torch.bincount(c.p.seg, minlength=num_gt)  # (B*G,)
+        # not bincount: on CUDA it reads the input's min and max on the host
+        counts = torch.zeros(num_gt, dtype=torch.long, device=c.t.device).index_add_(0, c.p.seg, torch.ones_like(c.p.seg))  # (B*G,)
         pos = torch.arange(c.t.numel(), device=c.t.device) - (counts.cumsum(0) - counts).index_select(0, c.p.seg)  # (N',)
         width = max(int(counts.max()), 1)
         table = torch.full((num_gt * width,), -1, dtype=torch.long, device=c.t.device)  # (B*G*W,)
