@@ -144,7 +144,7 @@ def path_inputs(cfg: dict[str, Any]) -> dict[str, tuple[str, Path]]:
     (:func:`tood.data.loaders.split_paths`) and :func:`tood.build.build_model` open them."""
     data, backbone = cfg.get("data", {}), cfg.get("model", {}).get("backbone", {})
     out: dict[str, tuple[str, Path]] = {}
-    if data.get("synthetic") is None:
+    if "root" in data and data.get("synthetic") is None:  # (a partial config without data reads nothing)
         root = Path(data["root"])
         for split in ("train", "val"):
             out[f"{split}_ann"] = ("file", root / data[f"{split}_ann"])
