@@ -25,7 +25,7 @@ from tood.config import Config, ConfigError, build_config, load_raw, to_dict
 from tood.config.load import resolve_base
 
 TABLES = ("table1", "table2", "table3", "topm", "table4", "table6", "smoke")
-GRID_KEYS = ("study", "table", "base", "seeds", "rows")
+GRID_KEYS = ("study", "table", "base", "seeds", "rows", "claim")
 ROW_KEYS = ("label", "factors", "set", "paper")
 PAPER_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
 
@@ -104,6 +104,44 @@ def _err(path: Path, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{path}: {key}: {msg}")
 
 
+CLAIM_SHAPES = ("direction", "margin", "equivalence")
+CLAIM_KEYS = ("shape", "delta", "why")
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """The shape of a study's claims (the grid's ``claim:``): ``direction`` (row > or < reference,
+    the paper's sign), ``margin`` (beats the reference by at least ``delta``, in the paper's
+    direction) or ``equivalence`` (within +-``delta`` of it); ``delta`` in the metric's units;
+    ``why``: the sentence that justifies ``delta`` on the data at hand."""
+
+    shape: str = "direction"
+    delta: float = 0.0
+    why: str = ""
+
+
+# Studies whose grid names no claim: top-m's "flat" claim is an equivalence with the paper's
+# own spread (every m within 42.0-42.5 AP); every other study's claims are directions.
+DEFAULT_CLAIMS = {"topm": ClaimSpec("equivalence", 0.5, "the paper's top-m rows lie within 0.5 AP of each other")}
+
+
+def claim_spec(raw: Any, table: str, where: str) -> ClaimSpec:
+    """The validated ``claim:`` mapping of a grid (``raw``; None: the study's default)."""
+    if raw is None:
+        return DEFAULT_CLAIMS.get(table, ClaimSpec())
+    if not isinstance(raw, dict) or set(raw) - set(CLAIM_KEYS):
+        raise ConfigError(f"{where}: claim: got {raw!r} (expected a mapping with keys {', '.join(CLAIM_KEYS)})")
+    shape, delta, why = raw.get("shape", "direction"), raw.get("delta", 0.0), raw.get("why", "")
+    if shape not in CLAIM_SHAPES:
+        raise ConfigError(f"{where}: claim.shape: unknown value {shape!r} (expected one of: {', '.join(CLAIM_SHAPES)})")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or delta < 0 or (shape == "equivalence" and delta == 0):
+        raise ConfigError(f"{where}: claim.delta: got {delta!r} (expected a number >= 0 in the metric's units; "
+                          "> 0 for an equivalence)")
+    if shape != "direction" and not (isinstance(why, str) and why.strip()):
+        raise ConfigError(f"{where}: claim.why: missing (expected a sentence on why delta = {delta} for this data)")
+    return ClaimSpec(shape, float(delta), str(why))
+
+
 def check_seeds(seeds: Any, where: str) -> list[int]:
     """A non-empty list of distinct non-negative integers, else a ConfigError naming ``where``."""
     ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
@@ -179,6 +217,7 @@ def load_grid(path: str | Path) -> Grid:
     labels: set[str] = set()
     for i, row in enumerate(rows):
         _check_row(path, i, row, labels)
+    claim_spec(raw.get("claim"), raw["table"], str(path))
     return Grid(path, raw["study"], raw["table"], base, seeds, rows, raw)
 
 

@@ -42,8 +42,11 @@ class LaunchOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
     max_failures: int = 2
     rerun: bool = False  # train every trial even if the store has a finished run of its key
+    share_prefix: bool = True  # train the first epochs that several trials share once (orchestration.prefix)
+    rerun_stale: bool = False  # ... and those whose finished run was trained by other code (orchestration.provenance)
     quiet: bool = False
     log_checkpoints: bool = False
+    row_seeds: dict[str, list[int]] | None = None  # "study/row" -> its seeds (--until-decided rounds); None: every row all seeds
 
 
 @dataclass
@@ -58,6 +61,21 @@ class LaunchResult:
     @property
     def ok(self) -> bool:
         return set(self.counts) == {"FINISHED"}
+
+
+def _seeds_of(grid: Any, opts: LaunchOptions) -> list[int] | None:
+    """The seeds to expand ``grid`` with: ``--seeds``, or with per-row seeds their union over its rows."""
+    if opts.row_seeds is None:
+        return opts.seeds
+    union = sorted({s for key, seeds in opts.row_seeds.items() if key.split("/", 1)[0] == grid.study for s in seeds})
+    return union or opts.seeds
+
+
+def _only_row_seeds(specs: list, row_seeds: dict[str, list[int]] | None) -> list:
+    """``specs`` restricted to each row's own seeds (``row_seeds``; None keeps them all)."""
+    if row_seeds is None:
+        return specs
+    return [s for s in specs if s.seed in row_seeds.get(f"{s.study}/{s.row_label}", ())]
 
 
 def check_options(opts: LaunchOptions) -> None:
@@ -166,8 +184,10 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
 
     from orchestration import preflight
     from orchestration.grid import expand, load_grid, resolved_grid
+    from orchestration.prefix import plan_sharing, prefix_counts, trial_prefix
+    from orchestration.provenance import stale_keys
     from orchestration.suite import schedule, unique_trials
-    from orchestration.tracking import copy_result, create_launch_runs, finished_by_key
+    from orchestration.tracking import copy_result, create_launch_runs, finished_by_key, prepare_store
     from orchestration.trainable import fault_plan
 
     opts = opts or LaunchOptions()
@@ -178,7 +198,7 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     for g in grids:
         if studies.count(g.study) > 1:
             raise ConfigError(f"{g.path}: study: '{g.study}' is the study of another grid of this launch (expected one grid per study)")
-    specs = [expand(g, opts.profile, opts.seeds, opts.overrides) for g in grids]
+    specs = [_only_row_seeds(expand(g, opts.profile, _seeds_of(g, opts), opts.overrides), opts.row_seeds) for g in grids]
     checked = preflight.check_before_start(opts, [s for ss in specs for s in ss])
     if opts.tracking_uri:  # the launch record keeps the URI that works from any folder
         opts = replace(opts, tracking_uri=checked.tracking_uri)
@@ -190,16 +210,24 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
         raise ConfigError(f"{path}: a launch named '{name}' exists (expected a new --name, or `tood-ablate resume {name}`)")
     _prepare_data([specs[si][ti] for si, ti in (t.primary for t in unique)])
     tracking_uri = checked.tracking_uri
+    prepare_store(tracking_uri)  # a fresh sqlite store: created by one launch at a time
     client = MlflowClient(tracking_uri)
     launched = []
     for g, ss in zip(grids, specs):
-        seeds = opts.seeds if opts.seeds is not None else g.seeds
+        seeds = _seeds_of(g, opts) or g.seeds
         parent_id, run_ids = create_launch_runs(client, g.study, g.table, opts.profile, str(g.path),
                                                 resolved_grid(g, seeds, opts.overrides), ss, name)
         launched.append({"study": g.study, "table": g.table, "grid": str(Path(g.path).resolve()),
                          "parent_run_id": parent_id, "run_ids": run_ids})
     reusable = {} if opts.rerun else finished_by_key(client, {t.key for t in unique})
+    stale = stale_keys(reusable)
+    if opts.rerun_stale:
+        reusable = {k: run for k, run in reusable.items() if k not in stale}
     workers = max(1, opts.workers_per_trial)
+    # shared prefixes: among the trials to train, one-worker trials only (orchestration.prefix)
+    to_train = [t for t in unique if t.key not in reusable]
+    groups = plan_sharing(client, to_train, specs, opts.share_prefix and workers == 1, opts.rerun)
+    unique = [t for t in unique if t.key in reusable] + schedule(to_train, specs)
     trials, reused = [], 0
     for t in unique:
         runs = [launched[si]["run_ids"][ti] for si, ti in t.users]
@@ -211,12 +239,13 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
                        "cost": t.cost, "run_id": runs[0], "alias_run_ids": runs[1:], "tracking_uri": tracking_uri,
                        "storage": str(path), "workers": workers, "cpus_per_worker": opts.cpus_per_trial,
                        "gpus_per_worker": opts.gpus_per_trial, "max_failures": opts.max_failures,
-                       "log_checkpoints": opts.log_checkpoints, "fail_once_at_epoch": fault_plan(spec.name)})
+                       "log_checkpoints": opts.log_checkpoints, "fail_once_at_epoch": fault_plan(spec.name),
+                       "reuse": reuse_policy(opts), "prefix": trial_prefix(t, groups, path)})
     needed = sum(len(ss) for ss in specs)
     info = {"name": name, "path": str(path), "study": launched[0]["study"], "grid": launched[0]["grid"],
             "parent_run_id": launched[0]["parent_run_id"], "studies": launched, "tracking_uri": tracking_uri,
             "trials": len(trials), "trainings": {"without_dedup": needed, "unique": len(unique), "reused_runs": reused,
-                                                   "to_train": len(trials)}, "options": asdict(opts)}
+                                                   "to_train": len(trials), **prefix_counts(groups)}, "options": asdict(opts)}
     path.mkdir(parents=True, exist_ok=True)
     (path / TRIALS_FILE).write_text(json.dumps(trials))
     (path / LAUNCH_FILE).write_text(json.dumps(info, indent=2))
@@ -224,6 +253,15 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
         print(f"tood-ablate: {', '.join(studies)} as '{name}' (storage {path}); MLflow {tracking_uri}\n"
               f"tood-ablate: {needed} child runs, {len(unique)} distinct trials, {len(unique) - len(trials)} reused from "
               f"earlier runs of the store (--rerun trains them again), {len(trials)} to train", file=sys.stderr)
+        if groups:
+            print(f"tood-ablate: {sum(g.branches for g in groups.values())} of them branch from {len(groups)} shared "
+                  f"prefixes: {sum(g.saved_epochs for g in groups.values())} trial-epochs not trained "
+                  "(--no-share-prefix trains every trial in full)", file=sys.stderr)
+        if stale:
+            print(f"tood-ablate: {len(stale)} distinct trial(s) {'retrained' if opts.rerun_stale else 'reused'}: their "
+                  "finished run was trained by other code than this checkout's"
+                  + ("" if opts.rerun_stale else " (marked in `status` and the report; --rerun-stale retrains them)"),
+                  file=sys.stderr)
     if not trials:
         return _finish(client, info, {})
     with ray_runtime(opts.address, opts.quiet, checked.ray_env):
@@ -258,7 +296,7 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
         reopen_parent(client, parent)
     trials = json.loads((path / TRIALS_FILE).read_text())
     if not opts.rerun:
-        reused = reuse_finished_elsewhere(client, trials)
+        reused = reuse_finished_elsewhere(client, trials, fresh_only=opts.rerun_stale)
         if reused and not opts.quiet:
             print(f"tood-ablate: {name}: {reused} trial(s) not started yet were finished meanwhile by another launch "
                   "of the store; their results are reused (--rerun at launch trains them again)", file=sys.stderr)
@@ -268,12 +306,17 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
         return _fit(lambda: restore_tuner(path, trials, opts, name), client, info)
 
 
-def reuse_finished_elsewhere(client, trials: list[dict]) -> int:
+def reuse_policy(opts: LaunchOptions) -> str:
+    """What a trial may reuse when it finds its key finished as it starts (orchestration.lease.claim)."""
+    return "none" if opts.rerun else "fresh" if opts.rerun_stale else "any"
+
+
+def reuse_finished_elsewhere(client, trials: list[dict], fresh_only: bool = False) -> int:
     """Fill the runs of each trial of an interrupted launch that has not started (no attempt)
     from a run of the same key that another launch of the store finished since, as a new
-    launch would; the trial then reports that result and trains nothing. A trial that started
-    keeps its own run and continues from its checkpoint: its history is its own. Returns the
-    number of trials filled."""
+    launch would (``fresh_only``: not one trained by other code, as with ``--rerun-stale``); the
+    trial then reports that result and trains nothing. A trial that started keeps its own run
+    and continues from its checkpoint: its history is its own. Returns the number of trials filled."""
     from orchestration.tracking import ATTEMPTS_TAG, copy_result, finished_by_key, retry
 
     unstarted = {}
@@ -281,8 +324,13 @@ def reuse_finished_elsewhere(client, trials: list[dict]) -> int:
         run = retry(client.get_run, t["run_id"])
         if run.info.status != "FINISHED" and run.data.tags.get(ATTEMPTS_TAG, "0") == "0":
             unstarted[t["key"]] = t
+    from orchestration.provenance import stale_keys
+
     filled = 0
-    for key, source in finished_by_key(client, set(unstarted)).items():
+    finished = finished_by_key(client, set(unstarted))
+    for key in stale_keys(finished) if fresh_only else ():
+        finished.pop(key)
+    for key, source in finished.items():
         t = unstarted[key]
         for rid in (t["run_id"], *t["alias_run_ids"]):
             copy_result(client, source.info.run_id, rid)
@@ -291,23 +339,28 @@ def reuse_finished_elsewhere(client, trials: list[dict]) -> int:
 
 
 def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, list[dict]]:
-    """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error."""
+    """The launch record and one dict per trial run: status, name, attempts, epoch, AP, error,
+    reused_from, stale (why the result may not be what the launch's code gives: a result reused
+    across a code change, :func:`orchestration.provenance.staleness`; '' when none)."""
     from mlflow.tracking import MlflowClient
 
     from orchestration import preflight
+    from orchestration.provenance import CodeFingerprint, staleness
     from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
 
     info = load_launch(name, storage_path)
     info["tracking_uri"] = preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     client = MlflowClient(info["tracking_uri"])
-    statuses = [client.get_run(p).info.status for p in _parents(info)]
+    parents = {p: client.get_run(p) for p in _parents(info)}
+    statuses = [run.info.status for run in parents.values()]
     info["parent_status"] = statuses[0] if len(set(statuses)) == 1 else ", ".join(statuses)
     rows = []
     for study in _studies(info):
+        launch_code = CodeFingerprint.from_tags(parents[study["parent_run_id"]].data.tags)
         for run in sorted(child_runs(client, study["parent_run_id"]), key=lambda r: r.info.run_name):
             metrics, tags = run.data.metrics, run.data.tags
             rows.append({"status": run.info.status, "study": study["study"], "name": run.info.run_name,
                          "attempts": tags.get(ATTEMPTS_TAG, "0"), "epoch": max(logged_steps(client, run.info.run_id), default=None),
                          "AP": metrics.get("AP", metrics.get("epoch_AP")), "error": tags.get(ERROR_TAG, ""),
-                         "reused_from": tags.get(REUSED_TAG, "")})
+                         "reused_from": tags.get(REUSED_TAG, ""), "stale": staleness(tags, launch_code) or ""})
     return info, rows

@@ -1,4 +1,4 @@
-"""Several studies in one launch: trial keys (dedup), cost estimates and the schedule.
+"""Several studies in one launch: trial keys (dedup), shared prefixes, cost estimates and the schedule.
 
 A trial's **key** is a hash of everything that changes its result: the resolved model,
 criterion, train, data and test config (the seed is ``train.seed``), the content
@@ -8,6 +8,12 @@ label, run names and output folders never enter it. Two studies that need the sa
 it once; a later launch finds a finished run with the key in the tracking store and reuses it
 (``--rerun`` trains again). Bump :data:`KEY_VERSION` when a code change alters what a config
 trains or measures, so results of the old code are never reused.
+
+A trial's **prefix key** (:func:`prefix_key`) hashes what decides its first epochs only, up to
+the branch epoch :func:`prefix_epochs` (the end of TAL's ATSS warm-up). Trials with one prefix
+key train those epochs once and branch from its checkpoint (:func:`share_prefixes`; the
+runtime side is ``orchestration.prefix``). Bump :data:`PREFIX_VERSION` when a code change alters
+what decides the first epochs beyond what :data:`KEY_VERSION` already covers.
 """
 from __future__ import annotations
 
@@ -23,6 +29,33 @@ from tood.data.fingerprint import fingerprint_inputs
 # 2: per-instance PCC, boxes clipped before NMS, no ReLU before P7; 3: criterion fields the
 # trial's assignment scheme does not read are left out (tood.build.unused_criterion_fields)
 KEY_VERSION = "3"
+# 1: model, data, optimizer, lr over the prefix, seed, the criterion phase of the prefix, eval epochs
+PREFIX_VERSION = "1"
+
+
+def _keyed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` without what never changes a result (see :func:`trial_key`)."""
+    cfg = copy.deepcopy(config)
+    cfg.pop("name", None)
+    cfg.get("train", {}).pop("workers", None)
+    data, backbone = cfg.get("data", {}), cfg.get("model", {}).get("backbone", {})
+    if data.get("synthetic") is not None:
+        data.pop("root", None)
+    if backbone.get("pretrain") is not None:
+        backbone.pop("pretrained", None)
+    criterion = cfg.get("criterion", {})
+    if criterion.get("assigner") in SCHEME_FIELDS:
+        for name in unused_criterion_fields(criterion["assigner"]):
+            criterion.pop(name, None)
+    return cfg
+
+
+def _digest(payload: dict[str, Any], config: dict[str, Any], memo: dict[tuple[str, str], str] | None) -> str:
+    inputs = fingerprint_inputs(config, memo)
+    if inputs:  # absent, not empty: keys without path inputs keep their earlier value
+        payload["inputs"] = inputs
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def trial_key(config: dict[str, Any], memo: dict[tuple[str, str], str] | None = None) -> str:
@@ -48,24 +81,70 @@ def trial_key(config: dict[str, Any], memo: dict[tuple[str, str], str] | None = 
 
     ``memo``: see :func:`tood.data.fingerprint.fingerprint_inputs` (one per batch of keys).
     """
-    cfg = copy.deepcopy(config)
-    cfg.pop("name", None)
-    cfg.get("train", {}).pop("workers", None)
-    data, backbone = cfg.get("data", {}), cfg.get("model", {}).get("backbone", {})
-    if data.get("synthetic") is not None:
-        data.pop("root", None)
-    if backbone.get("pretrain") is not None:
-        backbone.pop("pretrained", None)
-    criterion = cfg.get("criterion", {})
-    if criterion.get("assigner") in SCHEME_FIELDS:
-        for name in unused_criterion_fields(criterion["assigner"]):
-            criterion.pop(name, None)
-    payload: dict[str, Any] = {"version": KEY_VERSION, "config": cfg}
-    inputs = fingerprint_inputs(config, memo)
-    if inputs:  # absent, not empty: keys without path inputs keep their earlier value
-        payload["inputs"] = inputs
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return _digest({"version": KEY_VERSION, "config": _keyed_config(config)}, config, memo)
+
+
+def prefix_epochs(config: dict[str, Any]) -> int:
+    """The branch epoch of a trial: ``criterion.warmup_epochs`` (the end of TAL's ATSS warm-up, one
+    boundary for every trial of a launch: an ATSS row trains what a TAL row's warm-up trains), or 0
+    (nothing to share) when that is not inside the schedule."""
+    epochs = int(config["criterion"].get("warmup_epochs") or 0)
+    return epochs if 0 < epochs < int(config["train"]["epochs"]) else 0
+
+
+# The criterion of TAL's warm-up as tood.build.build_criterion makes it (ATSS, focal loss on hard
+# targets normalised by the positives, centerness-weighted GIoU); tests/test_prefix.py compares
+# the built phases of every pair of configs with one prefix key.
+_WARMUP_PHASE = {"assigner": "atss", "cls_target": "hard", "box_weight": "centerness"}
+
+
+def _prefix_criterion(criterion: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """What decides the losses over epochs [0, epochs): for TAL inside its warm-up the warm-up
+    phase only (alpha, beta, topk, conflict do not act yet); an ATSS criterion with the warm-up's
+    settings is that same phase; anything else as in the trial key."""
+    c = criterion
+    if c["assigner"] == "tal" and epochs <= c["warmup_epochs"]:
+        return {**_WARMUP_PHASE, "atss_topk": c["atss_topk"], "reg_weight": c["reg_weight"]}
+    if c["assigner"] == "atss":
+        resolved = {"cls_target": "hard" if c["cls_target"] == "auto" else c["cls_target"],
+                    "box_weight": "centerness" if c["box_weight"] == "auto" else c["box_weight"]}
+        return {"assigner": "atss", **resolved, "atss_topk": c["atss_topk"], "reg_weight": c["reg_weight"]}
+    return c
+
+
+def prefix_key(config: dict[str, Any], epochs: int, memo: dict[tuple[str, str], str] | None = None) -> str | None:
+    """Stable 16-hex-digit key of the first ``epochs`` epochs of a resolved trial config: two
+    configs with one prefix key have bit-identical weights, optimizer, RNG state and epoch
+    metrics after ``epochs`` epochs (tests/test_prefix.py). None when ``epochs`` is not inside
+    the schedule (0 < epochs < train.epochs).
+
+    In: :data:`PREFIX_VERSION`, :data:`KEY_VERSION`, ``epochs``; the model, the data and their
+    content fingerprints as in :func:`trial_key`; the train section (optimizer, lr, batch,
+    warm-up iterations, seed, device, amp, ...) with the lr steps that fall inside the prefix
+    (``lr_steps`` < ``epochs``, and ``lr_gamma`` only if there is one); the epochs inside the
+    prefix that evaluate (multiples of ``eval_every``: their AP is in the copied history), and
+    then the test section; the criterion phase acting over the prefix (:func:`_prefix_criterion`:
+    inside TAL's warm-up its ATSS phase with ``atss_topk`` and ``reg_weight``).
+
+    Out: what :func:`trial_key` leaves out; ``train.epochs``, lr steps at or after ``epochs``,
+    ``eval_every`` itself (only the evaluating epochs count); the TAL-only fields ``alpha``,
+    ``beta``, ``topk``, ``conflict`` and ``warmup_epochs`` inside the warm-up; the test section
+    when no epoch inside the prefix evaluates (evaluation does not change the weights).
+    """
+    if not 0 < epochs < int(config["train"]["epochs"]):
+        return None
+    cfg = _keyed_config(config)
+    train = cfg["train"]
+    every = max(1, int(train.pop("eval_every", 1) or 1))
+    train.pop("epochs")
+    steps, gamma = [s for s in train.pop("lr_steps", []) if s < epochs], train.pop("lr_gamma", None)
+    if steps:
+        train.update(lr_steps=steps, lr_gamma=gamma)
+    train["eval_epochs"] = [e for e in range(1, epochs + 1) if e % every == 0]
+    if not train["eval_epochs"]:
+        cfg.pop("test", None)
+    cfg["criterion"] = _prefix_criterion(cfg["criterion"], epochs)
+    return _digest({"version": PREFIX_VERSION, "key_version": KEY_VERSION, "epochs": epochs, "config": cfg}, config, memo)
 
 
 # Seconds per (image x epoch) at 160 x 160 px relative to the parallel head; the T-head's
@@ -74,10 +153,10 @@ def trial_key(config: dict[str, Any], memo: dict[tuple[str, str], str] | None = 
 HEAD_COST = {"t_head": 1.2, "parallel": 1.0}
 
 
-def estimated_cost(config: dict[str, Any]) -> float:
-    """Relative training cost of a trial (arbitrary units; only ratios and the measured rate
-    per unit matter): images x epochs x pixels x head factor, plus one evaluation pass per
-    ``eval_every`` epochs over the validation images."""
+def estimated_cost(config: dict[str, Any], start: int = 0) -> float:
+    """Relative training cost of a trial from epoch ``start`` on (arbitrary units; only ratios and
+    the measured rate per unit matter): images x epochs x pixels x head factor, plus one
+    evaluation pass per ``eval_every`` epochs over the validation images."""
     train, data = config["train"], config["data"]
     synth = data.get("synthetic") or {}
     n_train, n_val = synth.get("n_train", 1000), synth.get("n_val", 200)
@@ -85,19 +164,25 @@ def estimated_cost(config: dict[str, Any]) -> float:
     images = min(n_train, iters * train["batch_size"]) if iters else n_train
     pixels = data["img_scale"][0] * data["img_scale"][1] / 160**2
     head = HEAD_COST.get(config["model"]["head"]["type"], 1.0)
-    evals = max(1, train["epochs"] // max(1, train.get("eval_every", 1)))
-    return pixels * head * (images * train["epochs"] + 0.5 * n_val * evals)
+    every = max(1, train.get("eval_every", 1))
+    evals = max(1, train["epochs"] // every) - start // every
+    return pixels * head * (images * (train["epochs"] - start) + 0.5 * n_val * evals)
 
 
 @dataclass
 class UniqueTrial:
-    """One key to train: its primary spec (the first study that needs it) and every
-    (study index, spec index) that reads its result."""
+    """One key to train: its primary spec (the first study that needs it), every (study index,
+    spec index) that reads its result, and its prefix key (None: nothing to share). ``role``
+    (set by :func:`share_prefixes`): 'producer' trains the shared prefix, 'branch' starts from it,
+    '' shares nothing; ``cost`` is what is left to train (a branch's excludes the prefix)."""
 
     key: str
     primary: tuple[int, int]
     users: list[tuple[int, int]] = field(default_factory=list)
     cost: float = 0.0
+    prefix: str | None = None
+    prefix_epochs: int = 0
+    role: str = ""
 
 
 def unique_trials(specs_per_study: list[list[Any]]) -> list[UniqueTrial]:
@@ -108,20 +193,71 @@ def unique_trials(specs_per_study: list[list[Any]]) -> list[UniqueTrial]:
         for ti, spec in enumerate(specs):
             key = trial_key(spec.config, memo)
             if key not in by_key:
-                by_key[key] = UniqueTrial(key, (si, ti), cost=estimated_cost(spec.config))
+                epochs = prefix_epochs(spec.config)
+                by_key[key] = UniqueTrial(key, (si, ti), cost=estimated_cost(spec.config),
+                                          prefix=prefix_key(spec.config, epochs, memo), prefix_epochs=epochs)
             by_key[key].users.append((si, ti))
     return list(by_key.values())
 
 
+@dataclass
+class PrefixGroup:
+    """Trials (by trial key, in the order given) that share one prefix; ``found``: a checkpoint of
+    the prefix that an earlier launch published (then every member branches)."""
+
+    key: str
+    epochs: int
+    trials: list[str]
+    found: str | None = None
+
+    @property
+    def branches(self) -> int:
+        return len(self.trials) - (0 if self.found else 1)
+
+    @property
+    def saved_epochs(self) -> int:
+        """Trial-epochs not trained thanks to the group."""
+        return self.epochs * self.branches
+
+
+def share_prefixes(trials: list[UniqueTrial], specs_per_study: list[list[Any]],
+                   found: dict[str, str] | None = None, share: bool = True) -> dict[str, PrefixGroup]:
+    """The shared prefixes among ``trials`` (those to train, in schedule order): a prefix key with
+    two trials or more, or with a checkpoint in ``found`` (prefix key -> path); none without
+    ``share``. Sets each trial's ``role`` (the first of a group without a found checkpoint
+    produces it, the others branch) and ``cost`` (a branch's: its epochs after the prefix)."""
+    found = found or {}
+    members: dict[str, list[UniqueTrial]] = {}
+    for t in trials:
+        t.role, t.cost = "", estimated_cost(specs_per_study[t.primary[0]][t.primary[1]].config)
+        if share and t.prefix is not None:
+            members.setdefault(t.prefix, []).append(t)
+    groups = {}
+    for key, group in members.items():
+        if len(group) < 2 and key not in found:
+            continue
+        groups[key] = PrefixGroup(key, group[0].prefix_epochs, [t.key for t in group], found.get(key))
+        for i, t in enumerate(group):
+            t.role = "producer" if i == 0 and key not in found else "branch"
+            if t.role == "branch":
+                si, ti = t.primary
+                t.cost = estimated_cost(specs_per_study[si][ti].config, start=t.prefix_epochs)
+    return groups
+
+
+ROLE_ORDER = {"producer": 0, "": 1, "branch": 2}
+
+
 def schedule(trials: list[UniqueTrial], specs_per_study: list[list[Any]]) -> list[UniqueTrial]:
     """Order for the scheduler: seed rounds first (every row's first seed before any row's
-    second, so a partial suite already has one seed of everything), slowest first within a
-    round (long trials do not end up alone at the tail)."""
+    second, so a partial suite already has one seed of everything); within a round the trials
+    that produce a shared prefix first, the branches of prefixes last (they wait for them), and
+    slowest first otherwise (long trials do not end up alone at the tail)."""
 
-    def rank(t: UniqueTrial) -> tuple[int, float, str]:
+    def rank(t: UniqueTrial) -> tuple[int, int, float, str]:
         si, ti = t.primary
         spec = specs_per_study[si][ti]
         seeds = sorted({s.seed for s in specs_per_study[si] if s.row_index == spec.row_index})
-        return seeds.index(spec.seed), -t.cost, t.key
+        return seeds.index(spec.seed), ROLE_ORDER[t.role], -t.cost, t.key
 
     return sorted(trials, key=rank)

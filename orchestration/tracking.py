@@ -12,7 +12,6 @@ import contextlib
 import json
 import re
 import sqlite3
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.mlflow_ui import KIND_TAG, experiment_ui_tags
-from orchestration.schema import (ATTEMPTS_TAG, COMMIT_TAG, ERROR_TAG, EXPERIMENT_PREFIX, FACTOR_TAG, KEY_TAG, PAPER_TAG,
-                                  PROFILE_TAG, REUSED_TAG, ROLE_TAG, ROW_INDEX_TAG, ROW_TAG, SEED_TAG, STUDY_TAG, TABLE_TAG)
+from orchestration.schema import (ATTEMPTS_TAG, CODE_COMMIT_TAG, CODE_TAGS, COMMIT_TAG, ERROR_TAG, EXPERIMENT_PREFIX,
+                                  FACTOR_TAG, KEY_TAG, LAUNCH_TAG, PAPER_TAG, PROFILE_TAG, REUSED_TAG, ROLE_TAG,
+                                  ROW_INDEX_TAG, ROW_TAG, SEED_TAG, STUDY_TAG, TABLE_TAG)
 from tood.config import flatten
 from tood.eval.alignment import PCC_PROTOCOL
 
@@ -36,11 +36,9 @@ T = TypeVar("T")
 
 def git_commit() -> str:
     """``git rev-parse HEAD`` of this checkout, 'unknown' outside a git work tree."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    from orchestration.provenance import code_fingerprint
+
+    return code_fingerprint().commit
 
 
 TRANSIENT = ("locked", "Connection refused", "Max retries exceeded", "Connection reset", "Connection aborted",
@@ -100,13 +98,14 @@ def _log_yaml(client: MlflowClient, run_id: str, name: str, data: Any) -> None:
         retry(client.log_artifact, run_id, str(path))
 
 
-def trial_tags(spec: Any, parent_id: str, commit: str) -> dict[str, str]:
-    """Tags of a child run (``spec``: an :class:`orchestration.grid.TrialSpec`)."""
+def trial_tags(spec: Any, parent_id: str, commit: str, launch: str) -> dict[str, str]:
+    """Tags of a child run (``spec``: an :class:`orchestration.grid.TrialSpec`; ``launch``: the
+    launch's name). Row, seed, study and launch are tags so that the UI can filter and group by them."""
     from orchestration.suite import trial_key
 
     return {
         KEY_TAG: trial_key(spec.config),
-        "mlflow.parentRunId": parent_id, ROLE_TAG: "trial", STUDY_TAG: spec.study, TABLE_TAG: spec.table,
+        "mlflow.parentRunId": parent_id, ROLE_TAG: "trial", STUDY_TAG: spec.study, TABLE_TAG: spec.table, LAUNCH_TAG: launch,
         ROW_TAG: spec.row_label, ROW_INDEX_TAG: str(spec.row_index), PROFILE_TAG: spec.profile,
         SEED_TAG: str(spec.seed), COMMIT_TAG: commit, ATTEMPTS_TAG: "0",
         **{f"{FACTOR_TAG}{k}": str(v) for k, v in spec.factors.items()},
@@ -156,21 +155,48 @@ def enable_wal(tracking_uri: str) -> None:
         db.execute("PRAGMA journal_mode=WAL")
 
 
+STORE_LOCK_SUFFIX = ".lock"  # beside a sqlite store: the file that serialises its creation
+
+
+def prepare_store(tracking_uri: str) -> None:
+    """Create (migrate) a sqlite store and put it in WAL mode under an exclusive ``flock`` of
+    ``<store>.lock``: two launches creating one fresh store at once otherwise race in MLflow's
+    schema migration (``alembic ... CommandError: Online migration expected to match one row``).
+    Other stores are left to MLflow (a server migrates its own database once, at its start).
+    Call it before the first ``MlflowClient(tracking_uri)`` of a process: the client opens (and
+    creates) the store when it is constructed."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    db = Path(tracking_uri[len("sqlite:///"):].partition("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would
+    with open(str(db) + STORE_LOCK_SUFFIX, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            retry(MlflowClient(tracking_uri).search_experiments, max_results=1)
+            enable_wal(tracking_uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def create_launch_runs(client: MlflowClient, study: str, table: str, profile: str, grid_file: str, grid_yaml: dict,
                        specs: list, launch_name: str) -> tuple[str, list[str]]:
     """The parent run (RUNNING) and one SCHEDULED child per trial spec; returns their ids."""
+    from orchestration.provenance import code_fingerprint
+
     exp_id = ensure_experiment(client, study)
     enable_wal(client.tracking_uri)
-    commit = git_commit()
+    commit, code = git_commit(), code_fingerprint().tags()
     parent = client.create_run(exp_id, run_name=launch_name, tags={
-        ROLE_TAG: "parent", STUDY_TAG: study, TABLE_TAG: table, PROFILE_TAG: profile,
+        ROLE_TAG: "parent", STUDY_TAG: study, TABLE_TAG: table, PROFILE_TAG: profile, LAUNCH_TAG: launch_name,
         "tood.grid_file": grid_file, "tood.seeds": ",".join(str(s) for s in grid_yaml["seeds"]),
-        "tood.num_trials": str(len(specs)), COMMIT_TAG: commit,
+        "tood.num_trials": str(len(specs)), COMMIT_TAG: commit, **code,
     }).info.run_id
     _log_yaml(client, parent, "grid.yaml", grid_yaml)
     child_ids = []
     for spec in specs:
-        run_id = client.create_run(exp_id, run_name=spec.name, tags=trial_tags(spec, parent, commit)).info.run_id
+        run_id = client.create_run(exp_id, run_name=spec.name, tags={**trial_tags(spec, parent, commit, launch_name), **code}).info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in mask_secrets(flatten(spec.config)).items()]
         params.append(Param("eval.pcc_protocol", PCC_PROTOCOL))
         for i in range(0, len(params), 100):
@@ -300,7 +326,72 @@ def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
     for i in range(0, len(history), 1000):
         retry(client.log_batch, target_id, metrics=history[i : i + 1000])
     for tag, value in {REUSED_TAG: source_id, "tood.reused_from_experiment": source.info.experiment_id,
-                       "tood.reused_from_name": source.info.run_name}.items():
+                       "tood.reused_from_name": source.info.run_name, **_code_tags_of(source.data.tags)}.items():
         retry(client.set_tag, target_id, tag, value)
+    target_tags = retry(client.get_run, target_id).data.tags
+    for tag in (set(CODE_TAGS) - set(_code_tags_of(source.data.tags))) & set(target_tags):  # the launch's, not the result's
+        retry(client.delete_tag, target_id, tag)
     retry(client.set_terminated, target_id, "FINISHED")
     return True
+
+
+def _code_tags_of(tags: dict[str, str]) -> dict[str, str]:
+    """The code tags (orchestration.provenance) a reused result carries: its source's; for a source
+    from before code hashes were recorded, only the commit it was trained by."""
+    recorded = {t: tags[t] for t in CODE_TAGS if t in tags}
+    if CODE_COMMIT_TAG not in recorded and COMMIT_TAG in tags:
+        recorded[CODE_COMMIT_TAG] = tags[COMMIT_TAG]
+    return recorded
+
+
+# ------------------------------------------------------------------ shared prefixes (orchestration.prefix)
+
+PREFIX_FROM_TAG, PREFIX_EPOCHS_TAG = "tood.prefix_from", "tood.prefix_epochs"  # a run that branched from a shared prefix
+PREFIX_KEY_TAG, PREFIX_CHECKPOINT_TAG = "tood.prefix_key", "tood.prefix_checkpoint"  # the run that published one
+PREFIX_SAVED_METRIC = "prefix_saved_s"  # per attempt (step): training seconds of the epochs copied in
+
+
+def copy_prefix(client: MlflowClient, run_id: str, history: list[dict[str, float]], source_id: str, epochs: int,
+                attempt: int) -> None:
+    """Log the first ``epochs`` epoch metrics of a prefix checkpoint's ``history`` into run
+    ``run_id`` at their own steps (those it has not logged: a retry copies nothing twice), tag
+    it with the run that trained them and the branch epoch, and log what those epochs cost
+    (epoch_time_s + eval_time_s) as :data:`PREFIX_SAVED_METRIC`."""
+    done = logged_steps(client, run_id)
+    copied = [h for h in history[:epochs] if int(h["epoch"]) not in done]
+    for h in copied:
+        log_metrics(client, run_id, {k: float(v) for k, v in h.items() if k != "epoch"}, int(h["epoch"]))
+    if source_id == run_id:  # its own partial checkpoint (a retry): nothing came from elsewhere
+        return
+    retry(client.set_tag, run_id, PREFIX_FROM_TAG, source_id)
+    retry(client.set_tag, run_id, PREFIX_EPOCHS_TAG, str(epochs))
+    if copied:
+        saved = sum(h.get("epoch_time_s", 0.0) + h.get("eval_time_s", 0.0) for h in copied)
+        log_metrics(client, run_id, {PREFIX_SAVED_METRIC: saved}, step=attempt)
+
+
+def tag_prefix(client: MlflowClient, run_id: str, key: str, checkpoint: Path) -> None:
+    """Mark run ``run_id`` as the one that published prefix ``key`` at ``checkpoint``."""
+    retry(client.set_tag, run_id, PREFIX_KEY_TAG, key)
+    retry(client.set_tag, run_id, PREFIX_CHECKPOINT_TAG, str(checkpoint))
+
+
+def published_prefixes(client: MlflowClient, keys: set[str]) -> dict[str, str]:
+    """Prefix key -> checkpoint path, for each of ``keys`` that a run of the store's ``tood-ablate/``
+    experiments published and whose file is still there (the newest when several did)."""
+    if not keys:
+        return {}
+    exps = [e.experiment_id for e in retry(client.search_experiments, filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")]
+    found: dict[str, str] = {}
+    token = None
+    while exps:
+        page = retry(client.search_runs, exps, f"tags.`{PREFIX_KEY_TAG}` LIKE '%'", max_results=1000, page_token=token,
+                     order_by=["attributes.start_time DESC"])
+        for run in page:
+            key, path = run.data.tags.get(PREFIX_KEY_TAG), run.data.tags.get(PREFIX_CHECKPOINT_TAG, "")
+            if key in keys and key not in found and path and Path(path).is_file():
+                found[key] = path
+        token = page.token
+        if not token:
+            break
+    return found

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from orchestration import tracking
 from orchestration.host import host_tag
+from orchestration.lease import claim
+from orchestration.prefix import Sharing
+from orchestration.provenance import code_fingerprint
 from orchestration.schema import CPUS_TAG, GPUS_TAG, HOST_TAG
 from tood.config import ConfigError, build_config
 from tood.data.coco import DatasetError
@@ -115,8 +119,19 @@ def _mlflow_log(client: MlflowClient, run_id: str) -> Callable[[dict[str, float]
     return log
 
 
-def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -> tuple[dict[str, float], Path | None]:
-    """Train in this process with Tune checkpoints; returns (final metrics, checkpoint)."""
+def _restored_epoch() -> int:
+    """The epoch of the checkpoint Tune restores this trial from (0: none)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        return int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
+
+
+def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path, sharing: Sharing | None = None,
+                      start: Path | None = None) -> tuple[dict[str, float], Path | None]:
+    """Train in this process with Tune checkpoints; returns (final metrics, checkpoint). ``start``:
+    a shared prefix's checkpoint ahead of the trial's own, to branch from (``sharing.acquire``)."""
     from tood.engine import train
 
     cfg = build_config(trial["config"], f"trial {trial['name']}")
@@ -128,8 +143,12 @@ def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path) -
             epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
         tracking.retry(client.set_tag, trial["run_id"], "tood.resumed_from_epoch", str(epoch))
         resume = True
+    if start is not None:
+        resume = start
 
     def on_epoch_end(end) -> None:
+        if sharing is not None:  # publish the prefix before Tune has the epoch: a retry from it finds it
+            sharing.after_epoch(end.epoch, end.checkpoint)
         with tempfile.TemporaryDirectory() as d:
             if end.epoch == cfg.train.epochs:
                 slim_checkpoint(end.checkpoint, Path(d) / "last.pt")
@@ -222,6 +241,13 @@ def _fill_aliases(client: MlflowClient, trial: dict[str, Any]) -> None:
         tracking.copy_result(client, trial["run_id"], alias)
 
 
+def _record_code(client: MlflowClient, run_id: str) -> None:
+    """The code this process trains with (orchestration.provenance), on the run it trains: on a
+    cluster a worker's checkout may differ from the driver's, whose code the run got at creation."""
+    tags = [RunTag(k, v) for k, v in code_fingerprint().tags().items()]
+    tracking.retry(client.log_batch, run_id, tags=tags)
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of one grid trial (see module docstring)."""
     trial = config["trial"]
@@ -232,31 +258,46 @@ def run_trial(config: dict[str, Any]) -> None:
         _fill_aliases(client, trial)
         tune.report({**attempt.final_metrics, "already_finished": 1.0})
         return
+    lease = claim(client, trial)  # one training per key across launches of the store (orchestration.lease)
+    if lease is None:  # another launch trained the key meanwhile: its result was copied into this trial's runs
+        tune.report({**tracking.retry(client.get_run, run_id).data.metrics, "already_finished": 1.0})
+        return
+    _record_code(client, run_id)
+    outcome = "retry"  # what the lease is closed with: an attempt killed or retried keeps it
     t0 = time.monotonic()
     torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
     parallel = trial["workers"] > 1
     # Data parallel: rank 0 checkpoints where every retry (on any node) finds it: shared storage.
     work = Path(trial["storage"]) / "work" / run_id if parallel else Path(tempfile.mkdtemp(prefix="tood-trial-"))
     work.mkdir(parents=True, exist_ok=True)
+    sharing = None if parallel else Sharing.of(trial, client)  # a prefix shared with other trials (orchestration.prefix)
     try:
         if parallel:
             metrics, checkpoint = _train_data_parallel(trial, client, work, attempt.number)
             tune.report(metrics)  # the workers report nothing per epoch: rank 0 alone sees the epoch end
         else:
-            metrics, checkpoint = _train_in_process(trial, client, work)
+            start = sharing.acquire(attempt.number, _restored_epoch()) if sharing else None  # may wait for it
+            t0 = time.monotonic()  # the wait for a shared prefix is not training time (prefix_wait_s)
+            metrics, checkpoint = _train_in_process(trial, client, work, sharing, start)
         _log_attempt(client, trial, attempt.number, t0)
         tracking.finish_trial(client, run_id, trial["config"], metrics, step=trial["config"]["train"]["epochs"],
                               checkpoint=checkpoint if trial.get("log_checkpoints") else None)
         _fill_aliases(client, trial)
+        outcome = "finished"
         if parallel and checkpoint is not None:
             slim_checkpoint(checkpoint, checkpoint)
     except Exception as e:
         _log_attempt(client, trial, attempt.number, t0)
         cause, budget = permanent_cause(e), trial["max_failures"]
-        tracking.record_error(client, run_id, cause or e, final=cause is not None or 0 <= budget < attempt.number)
+        final = cause is not None or 0 <= budget < attempt.number
+        outcome = "failed" if final else "retry"
+        tracking.record_error(client, run_id, cause or e, final=final)
         if cause is not None:
             tune.report({PERMANENT_KEY: 1.0})  # PermanentErrors then denies the retry of the error raised below
         raise
     finally:
+        lease.close(outcome)
+        if sharing is not None:
+            sharing.release()
         if not parallel:
             shutil.rmtree(work, ignore_errors=True)

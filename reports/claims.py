@@ -21,10 +21,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from orchestration.grid import ClaimSpec, claim_spec
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
+from reports.claim_tests import MARGIN, ClaimTest, claim_test
 from reports.pairs import Pair, delta_note, pairs
-from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, NONE, PAIRED, WELCH, WITHIN, Difference,
-                           difference, expectation, verdict)
+from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, LEVEL, NONE, PAIRED, WELCH, WITHIN,
+                           Difference, difference, expectation, verdict)
 from reports.tables import PAPER_COLUMNS, TRAINED_AP, RowSummary, Table, untrained
 
 CLAIM_METRICS = {"table1": ("AP",), "table2": ("AP",), "table3": ("AP",), "topm": ("AP",), "table4": ("AP",),
@@ -57,6 +59,9 @@ class Comparison:
     diff: Difference
     verdict: str
     reason: str = ""
+    shape: str = "direction"  # the claim's shape (orchestration.grid.CLAIM_SHAPES); other comparisons: direction
+    delta: float = 0.0  # margin / equivalence bound, the metric's units
+    test: ClaimTest | None = None  # the paired test (None: unpaired or no interval)
 
 
 def seed_values(trials: pd.DataFrame, label: str, metric: str) -> dict[int, float]:
@@ -67,14 +72,34 @@ def seed_values(trials: pd.DataFrame, label: str, metric: str) -> dict[int, floa
     return {int(s): float(v) for s, v in zip(own["seed"], own[metric]) if pd.notna(v)}
 
 
-def claim_text(table: str, pair: Pair, metric: str, expect: str) -> str:
-    """The statement a comparison tests, in the paper's words where it has some."""
+def claim_text(table: str, pair: Pair, metric: str, expect: str, shape: str = "direction", delta: float = 0.0) -> str:
+    """The statement a comparison tests, in the paper's words where it has some; a margin claim
+    adds its bound ('by >= 1 AP')."""
     row, ref, name = pair.row.label, pair.ref.label, metric_label(metric)
     if expect == WITHIN:
-        return f"{row} within ±{BAND:g} {name} of {ref}"
+        return f"{row} within ±{delta:g} {name} of {ref}"
+    by = f" by >= {delta:g}" if shape == "margin" else ""
     if table == "table1":
-        return f"{pair.group}: T-head {RELATION[expect]} parallel head ({name})"
-    return f"{row} {RELATION[expect]} {ref} ({name})"
+        return f"{pair.group}: T-head {RELATION[expect]} parallel head{by} ({name})"
+    return f"{row} {RELATION[expect]} {ref}{by} ({name})"
+
+
+ONE_SIDED = (1 - LEVEL) / 2  # each claim's one-sided level: its two-sided (1 - 2a) interval is the 95% CI
+
+
+def paired_test(row: dict[int, float], ref: dict[int, float], diff: Difference, expect: str, shape: str,
+                delta: float) -> ClaimTest | None:
+    """The claim's test on the paired differences (row minus reference over ``diff.seeds``):
+    direction -> one-sided paired t, margin -> minimum-effect t (in the paper's direction),
+    equivalence -> TOST; None unless paired with n >= 2."""
+    if diff.kind != PAIRED or len(diff.seeds) < 2:
+        return None
+    d = [row[s] - ref[s] for s in diff.seeds]
+    if expect == WITHIN:
+        return claim_test(d, WITHIN, delta, ONE_SIDED)
+    if shape == "margin":  # the gain in the paper's direction is at least delta
+        return claim_test(d if expect == GREATER else [-x for x in d], MARGIN, delta, ONE_SIDED)
+    return claim_test(d, expect, 0.0, ONE_SIDED)
 
 
 def no_verdict(pair: Pair, diff: Difference, rerun: str = "") -> str:
@@ -88,23 +113,30 @@ def no_verdict(pair: Pair, diff: Difference, rerun: str = "") -> str:
     return ""
 
 
-def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame, rerun: str = "") -> list[Comparison]:
+def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame, rerun: str = "",
+            claim: ClaimSpec | None = None) -> list[Comparison]:
     """Every comparison of layout ``table`` (see the module docstring), in pair order. ``rerun``:
-    the command that trains more seeds of this study, for the comparisons that have fewer than two."""
-    metrics = PAPER_COLUMNS.get(table, ())
+    the command that trains more seeds of this study, for the comparisons that have fewer than two.
+    ``claim``: the shape of the study's claims (the grid's ``claim:``; default: the study's, see
+    orchestration.grid.DEFAULT_CLAIMS); the paper's other columns are compared as directions."""
+    spec = claim or claim_spec(None, table, study)
     out = []
     for pair in pairs(table, rows):
-        for metric in metrics:
+        for metric in PAPER_COLUMNS.get(table, ()):
+            is_claim = metric in CLAIM_METRICS.get(table, ())
+            shape, delta = (spec.shape, spec.delta) if is_claim else ("direction", 0.0)
             paper_delta = metric_value(pair.row.paper, metric) - metric_value(pair.ref.paper, metric)
-            expect = WITHIN if table == "topm" else expectation(paper_delta)
+            expect = WITHIN if shape == "equivalence" else expectation(paper_delta)
             if expect is None:
                 continue
-            diff = difference(seed_values(trials, pair.row.label, metric), seed_values(trials, pair.ref.label, metric))
+            row, ref = seed_values(trials, pair.row.label, metric), seed_values(trials, pair.ref.label, metric)
+            diff = difference(row, ref)
             reason = no_verdict(pair, diff, rerun)
+            test = paired_test(row, ref, diff, expect, shape, delta)
+            judged = test.verdict if test is not None else verdict(diff, expect, delta or BAND)
             out.append(Comparison(study, table, pair.row.label, pair.ref.label, pair.group, metric, paper_delta,
-                                  expect, claim_text(table, pair, metric, expect),
-                                  metric in CLAIM_METRICS.get(table, ()), diff,
-                                  INCONCLUSIVE if reason else verdict(diff, expect), reason))
+                                  expect, claim_text(table, pair, metric, expect, shape, delta), is_claim, diff,
+                                  INCONCLUSIVE if reason else judged, reason, shape, delta, test))
     return out
 
 
@@ -143,12 +175,15 @@ def fmt_verdict(c: Comparison) -> str:
 def fmt_paper(c: Comparison) -> str:
     """The paper's Δ; for the top-m claim the band its text gives (every m 42.0-42.5 AP)."""
     if c.expect == WITHIN and math.isnan(c.paper_delta):
-        return f"within ±{BAND:g}"
+        return f"within ±{c.delta:g}"
     return fmt_delta(c.paper_delta, c.metric)
 
 
-def fmt_test(diff: Difference) -> str:
-    return {PAIRED: "paired t", WELCH: "Welch t (unpaired)"}.get(diff.kind, "none (n < 2)")
+def fmt_test(c: Comparison) -> str:
+    """The test and its p-value: 'one-sided paired t, p=0.003'; unpaired: 'Welch t (unpaired)'."""
+    if c.test is not None:
+        return f"{c.test.test}, p={c.test.p_value:.2g}"
+    return {PAIRED: "paired t", WELCH: "Welch t (unpaired)"}.get(c.diff.kind, "none (n < 2)")
 
 
 NOTES = [
@@ -157,10 +192,13 @@ NOTES = [
     "(paired); 95% CI: Student's t interval over those differences (scipy.stats.t, n - 1 degrees of "
     "freedom). With fewer than two shared seeds but two or more in each row: Welch's unpaired t interval "
     "(n: seeds of the row / of the reference). n < 2: no interval.",
-    "Verdict for a direction claim (the sign of the paper's Δ): agrees when the CI excludes 0 on the "
-    "paper's side, disagrees when it excludes 0 on the other side, inconclusive when it holds 0 "
-    "(or there is no CI). Top-m 'within ±0.5': agrees when the CI lies inside [-0.5, +0.5], disagrees "
-    "when it lies wholly outside, inconclusive when it straddles an edge.",
+    "Verdict, by the claim's shape (the grid's claim:), each test one-sided at 0.025 so that it agrees "
+    "exactly when the 95% CI excludes the null on the claim's side: a direction (the sign of the paper's Δ) "
+    "by a one-sided paired t, agreeing when the CI excludes 0 on the paper's side and disagreeing when it "
+    "excludes 0 on the other; a margin ('by >= δ') by a minimum-effect t on Δ - δ, disagreeing when Δ < δ "
+    "is shown; an equivalence ('within ±δ') by TOST, agreeing when the CI lies inside [-δ, +δ] and "
+    "disagreeing when Δ is shown outside the band (each side at 0.0125). Otherwise inconclusive "
+    "(or there is no CI). p: the test's p-value (TOST: the larger of its two).",
 ]
 # A study's claims table gives no verdict without a CI, so its verdict note drops "(or there is no CI)".
 VERDICT_NOTE = NOTES[2].replace(" (or there is no CI)", "")
@@ -194,7 +232,7 @@ def comparisons_table(key: str, caption: str, comparisons: list[Comparison], wit
                                                   "Δ ours", "n", "95% CI", "Test", "Verdict"]
     body = [([c.study] if with_study else [])
             + [c.claim, metric_label(c.metric), fmt_paper(c), fmt_ours(c.diff, c.metric), fmt_n(c.diff),
-               NO_VALUE if c.reason.startswith(NOT_TRAINED) else fmt_interval(c.diff, c.metric), fmt_test(c.diff),
+               NO_VALUE if c.reason.startswith(NOT_TRAINED) else fmt_interval(c.diff, c.metric), fmt_test(c),
                fmt_verdict(c)]
             for c in chosen]
     if not chosen:

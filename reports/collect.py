@@ -18,19 +18,23 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestration.schema import (ATTEMPTS_TAG, COMMIT_TAG, CPUS_TAG, ERROR_TAG, EXPERIMENT_PREFIX, FACTOR_TAG, GPUS_TAG,
-                                  HOST_TAG, KEY_TAG, PAPER_TAG, REUSED_TAG, ROW_INDEX_TAG, ROW_TAG, SEED_TAG, TABLE_TAG,
-                                  experiment_name)
+from orchestration.grid import ClaimSpec, claim_spec
+from orchestration.provenance import CodeFingerprint, staleness
+from orchestration.schema import (ATTEMPTS_TAG, CODE_COMMIT_TAG, CODE_HASH_TAG, COMMIT_TAG, CPUS_TAG, ERROR_TAG,
+                                  EXPERIMENT_PREFIX, FACTOR_TAG, GPUS_TAG, HOST_TAG, KEY_TAG, PAPER_TAG, REUSED_TAG,
+                                  ROW_INDEX_TAG, ROW_TAG, SEED_TAG, TABLE_TAG, experiment_name)
+from tood.config import ConfigError
 
 FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou",
                  "n_correct", "n_redundant", "n_error")
 EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
 # Trial columns that are not metrics (nor factor.* / paper.* columns).
 BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
-                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial", "host")
+                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial", "host",
+                "code_commit", "code_hash", "stale")
 # Tags read into the columns of the same name ('' when absent: stores older than the tag).
 TAG_COLUMNS = {"attempts": ATTEMPTS_TAG, "reused_from": REUSED_TAG, "trial_key": KEY_TAG, "cpus_per_trial": CPUS_TAG,
-               "gpus_per_trial": GPUS_TAG, "host": HOST_TAG}
+               "gpus_per_trial": GPUS_TAG, "host": HOST_TAG, "code_commit": CODE_COMMIT_TAG, "code_hash": CODE_HASH_TAG}
 
 
 class NoRunsError(LookupError):
@@ -67,6 +71,7 @@ class StudyData:
     grid_source: str
     trials: pd.DataFrame
     common_params: dict[str, str]
+    claim: ClaimSpec = ClaimSpec()  # the shape of the study's claims (the grid's claim:)
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
@@ -192,13 +197,28 @@ def parse_grid_rows(grid: object) -> list[GridRow]:
     return list(rows.values())
 
 
-def load_grid_artifact(client: MlflowClient, parent_id: str) -> list[GridRow]:
-    """Rows of the parent's grid.yaml artifact; [] when it is absent or has no row list."""
+def load_grid_yaml(client: MlflowClient, parent_id: str) -> object:
+    """The parent's grid.yaml artifact (the grid as launched), None when it is absent."""
     if "grid.yaml" not in {a.path for a in client.list_artifacts(parent_id)}:
-        return []
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(parent_id, "grid.yaml", tmp)
-        return parse_grid_rows(yaml.safe_load(Path(path).read_text()))
+        return yaml.safe_load(Path(path).read_text())
+
+
+def load_grid_artifact(client: MlflowClient, parent_id: str) -> list[GridRow]:
+    """Rows of the parent's grid.yaml artifact; [] when it is absent or has no row list."""
+    return parse_grid_rows(load_grid_yaml(client, parent_id))
+
+
+def grid_claim(grid: object, table: str, where: str) -> ClaimSpec:
+    """The claim shape of a launched grid (its ``claim:``), else the study's default; a grid
+    whose claim block cannot be read falls back to the default rather than hide the report."""
+    raw = grid.get("claim") if isinstance(grid, dict) else None
+    try:
+        return claim_spec(raw, table, where)
+    except ConfigError:
+        return claim_spec(None, table, where)
 
 
 def rows_from_trials(trials: pd.DataFrame) -> list[GridRow]:
@@ -240,7 +260,9 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
     study = study or experiment.name.removeprefix(EXPERIMENT_PREFIX)
     runs = trial_runs(client, experiment.experiment_id, parent_run.info.run_id)
     trials = trials_frame(runs)
-    grid_rows, source = load_grid_artifact(client, parent_run.info.run_id), "grid.yaml artifact"
+    trials["stale"] = stale_column(runs, trials, parent_run.data.tags)
+    grid = load_grid_yaml(client, parent_run.info.run_id)
+    grid_rows, source = parse_grid_rows(grid), "grid.yaml artifact"
     if not grid_rows:
         grid_rows, source = rows_from_trials(trials), "trial tags (no grid.yaml artifact)"
     if not grid_rows:
@@ -254,7 +276,28 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
         experiment_name=experiment.name, experiment_id=experiment.experiment_id,
         parent_id=parent_run.info.run_id, parent_name=parent_run.info.run_name, parent_tags=tags,
         grid_rows=[_with_tag_paper(r, trials) for r in grid_rows], grid_source=source,
-        trials=trials, common_params=_common_params(runs))
+        trials=trials, common_params=_common_params(runs), claim=grid_claim(grid, table, f"run {parent_run.info.run_id}: grid.yaml"))
+
+
+def stale_column(runs: list[Run], trials: pd.DataFrame, parent_tags: dict[str, str]) -> list[str]:
+    """Per row of ``trials``: why its result may not be what the launch's code gives (a result reused
+    across a code change: :func:`orchestration.provenance.staleness` against the parent's code), ''
+    when nothing is known against it."""
+    launch = CodeFingerprint.from_tags(parent_tags)
+    why = {r.info.run_id: staleness(r.data.tags, launch) or "" for r in runs}
+    return [why.get(run_id, "") for run_id in trials["run_id"]]
+
+
+def stale_notes(trials: pd.DataFrame) -> list[str]:
+    """The report's note naming the results reused across a code change (column ``stale``); [] if none."""
+    if "stale" not in trials:
+        return []
+    stale = trials[trials["stale"].astype(bool)]
+    if stale.empty:
+        return []
+    which = "; ".join(f"{t.row} seed {t.seed}: {t.stale}" for t in stale.itertuples())
+    return [f"Reused across a code change ({len(stale)} of {len(trials)} trials; their numbers come from other code "
+            f"than this launch's, `tood-ablate run <grid> --rerun-stale` retrains them): {which}."]
 
 
 def metric_histories(client: MlflowClient, trials: pd.DataFrame,

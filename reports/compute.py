@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine
 from orchestration.schema import ATTEMPTS_TAG, CPUS_TAG, GPUS_TAG
+from orchestration.tracking import PREFIX_SAVED_METRIC
 from reports.tables import RowSummary, Table
 
 WALL_METRIC = "attempt_wall_s"
@@ -44,6 +45,7 @@ class TrialCompute:
     gpus: float
     reused_from: str
     counted_from: str = ""
+    prefix_saved_s: float = 0.0  # training time of the epochs it copied from a shared prefix
 
     @property
     def carries_compute(self) -> bool:
@@ -91,23 +93,45 @@ def _source(client: MlflowClient, run_id: str) -> tuple[int, int, float, float, 
     return _measured(client, run_id, run.info.status, tags.get(ATTEMPTS_TAG), tags.get(CPUS_TAG), tags.get(GPUS_TAG))
 
 
-def trial_compute(client: MlflowClient, trials: pd.DataFrame) -> list[TrialCompute]:
+def trial_compute(client: MlflowClient, trials: pd.DataFrame, count_sources: bool = False) -> list[TrialCompute]:
     """One TrialCompute per trial (any status) of a StudyData.trials frame; where every trial was
-    reused, each carries its source run's compute."""
+    reused (or with ``count_sources``), each reused one carries its source run's compute."""
     reused_ids = [str(r or "") for r in trials.get("reused_from", [])]
-    all_reused = bool(reused_ids) and all(reused_ids)
+    all_reused = count_sources or (bool(reused_ids) and all(reused_ids))
     records = []
     for t in trials.itertuples():
         reused = str(getattr(t, "reused_from", "") or "")
         if reused and all_reused:
-            records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_source(client, reused), reused, reused))
+            records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_source(client, reused), reused, reused,
+                                        _prefix_saved(client, reused)))
         elif reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, 0, 0, 0.0, math.nan, math.nan, reused))
         else:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_measured(
                 client, t.run_id, t.status, getattr(t, "attempts", ""), getattr(t, "cpus_per_trial", ""),
-                getattr(t, "gpus_per_trial", "")), ""))
+                getattr(t, "gpus_per_trial", "")), "", prefix_saved_s=_prefix_saved(client, t.run_id)))
     return records
+
+
+def _prefix_saved(client: MlflowClient, run_id: str) -> float:
+    """Seconds of training a run skipped by branching from a shared prefix (0 when it did not)."""
+    try:
+        return sum(m.value for m in client.get_metric_history(run_id, PREFIX_SAVED_METRIC))
+    except MlflowException:
+        return 0.0
+
+
+def _with_saved(header: list[str], body: list[list[str]], groups: list[list[TrialCompute]], notes: list[str]) -> tuple:
+    """``header`` and ``body`` with a column of the seconds shared prefixes saved per line (each
+    training once), and a note saying what it counts; unchanged when no trial branched."""
+    if not any(r.prefix_saved_s for records in groups for r in records):
+        return header, body, notes
+    saved = [sum(r.prefix_saved_s for r in {r.trained_by: r for r in g if r.carries_compute}.values()) for g in groups]
+    return ([*header, SAVED_COLUMN], [[*line, f"{s:,.0f}"] for line, s in zip(body, saved)],
+            [*notes, f"{SAVED_COLUMN}: training time of the epochs that trials copied from a shared prefix (TAL's "
+                     "ATSS warm-up, trained once for every row that starts with it) instead of training them; the "
+                     "prefix itself is in the wall time of the one run that trained it (tags tood.prefix_from, "
+                     "tood.prefix_epochs)."])
 
 
 def _sum(values: list[float]) -> float:
@@ -130,6 +154,7 @@ def _cells(records: list[TrialCompute]) -> list[str]:
             "yes" if incomplete and trained else ""]
 
 
+SAVED_COLUMN = "saved by shared prefixes (s)"
 COMPUTE_HEADER = ["Row", "trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h", "reused",
                   "partly unrecorded"]
 
@@ -176,7 +201,8 @@ def _reuse_notes(records: list[TrialCompute]) -> list[str]:
 
 def compute_table(key: str, caption: str, rows: list[RowSummary], records: list[TrialCompute], m: Machine) -> Table:
     """Per grid row and in total: trials, attempts, failed attempts, wall time, CPU h, GPU h, reused."""
-    body = [[r.label] + _cells([c for c in records if c.row == r.label]) for r in rows]
+    groups = [[c for c in records if c.row == r.label] for r in rows] + [records]
+    body = [[r.label] + _cells(g) for r, g in zip(rows, groups)]
     body.append(["Total"] + _cells(records))
     notes = ["wall time: the sum over every attempt of every trial (failed and retried attempts included); "
              "CPU h / GPU h: wall time x the CPUs / GPUs the trial held, in hours; reused: trials copied from a "
@@ -185,14 +211,13 @@ def compute_table(key: str, caption: str, rows: list[RowSummary], records: list[
     notes += ["partly unrecorded: some trial of the row has no attempt_wall_s metric or no "
               "tood.cpus_per_trial / tood.gpus_per_trial tag (a store older than them); the sums cover "
               "the recorded trials only.", machine_note(m)]
-    return Table(key, caption, COMPUTE_HEADER, body, notes)
+    return Table(key, caption, *_with_saved(COMPUTE_HEADER, body, groups, notes))
 
 
 def summary_compute_table(per_study: dict[str, list[TrialCompute]], m: Machine) -> Table:
     """One line per study and the total over all of them (each training counted once)."""
-    body = [[study] + _cells(records) for study, records in per_study.items()]
-    body.append(["Total"] + _cells([r for records in per_study.values() for r in records]))
-    return Table("summary_compute", "Compute of all studies", ["Study"] + COMPUTE_HEADER[1:], body,
-                 ["Per study as in each study's compute table (its notes list the source runs of the reused "
-                  "trials); the total counts each training once, however many studies reused it.",
-                  machine_note(m)])
+    groups = [*per_study.values(), [r for records in per_study.values() for r in records]]
+    body = [[label] + _cells(records) for label, records in zip([*per_study, "Total"], groups)]
+    notes = ["Per study as in each study's compute table (its notes list the source runs of the reused "
+             "trials); the total counts each training once, however many studies reused it.", machine_note(m)]
+    return Table("summary_compute", "Compute of all studies", *_with_saved(["Study"] + COMPUTE_HEADER[1:], body, groups, notes))

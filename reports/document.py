@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine, machine
 from reports.claims import Comparison, compare, comparisons_table
-from reports.collect import StudyData
+from reports.collect import StudyData, stale_notes
 from reports.compute import TrialCompute, compute_table, recorded_machine, summary_compute_table, trial_compute
 from reports.tables import RowSummary, Table, all_metrics, build_table, study_title, summarize
 
@@ -125,7 +125,7 @@ def build_study_report(client: MlflowClient, data: StudyData, host: Machine | No
     prov = provenance(data)
     rows = summarize(data)
     main = build_table(data.table, rows, data.study, data.parent_name, prov.label_coco)
-    comparisons = compare(data.study, data.table, rows, data.trials, rerun_command(data))
+    comparisons = compare(data.study, data.table, rows, data.trials, rerun_command(data), data.claim)
     records = trial_compute(client, data.trials)
     key, title = main.key, study_title(data.table, data.study)
     tables = [
@@ -136,6 +136,10 @@ def build_study_report(client: MlflowClient, data: StudyData, host: Machine | No
         compute_table(f"{key}_compute", f"{title}: compute", rows, records,
                       host or recorded_machine(data.trials) or machine()),
     ]
+    if data.claim.shape != "direction":  # the grid's reason for its bound, beside the verdicts it decides
+        tables[1].notes.insert(1, f"The claims are {data.claim.shape} claims with δ = {data.claim.delta:g} (the grid's "
+                                  f"claim:): {data.claim.why}")
+    main.notes += stale_notes(data.trials)
     for table in tables:
         table.provenance = prov.text
     return StudyReport(data, rows, comparisons, records, main, tables, prov)

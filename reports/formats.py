@@ -13,7 +13,7 @@ WIDE_COLUMNS = 8
 _LATEX = str.maketrans({
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "α": r"$\alpha$", "β": r"$\beta$",
+    "±": r"$\pm$", "Δ": r"$\Delta$", "δ": r"$\delta$", "†": r"$^\dagger$", "α": r"$\alpha$", "β": r"$\beta$",
     "−": r"$-$", "<": r"$<$", ">": r"$>$",
 })
 

@@ -82,7 +82,7 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
             studies.append(collect_study(client, name))
         except NoRunsError:  # an experiment without runs: the report skips it too
             continue
-    render_report(None, tracking_uri, out)
+    render_report(None, tracking_uri, out, log=False)  # the published store stays as the launches left it
     write_csv(studies, out / "per_seed.csv", [f"command: {command}"] if command else [])
     entry = {"command": command or "not given", "published": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
              "store": None, "studies": {d.study: study_entry(d) for d in studies}}

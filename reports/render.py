@@ -1,7 +1,9 @@
 """`tood-ablate report`: a study's tables (md/tex/html; reports.document says which), a CSV of
 its aggregated rows, plots (PNG) and one self-contained HTML report, also logged under
-``report/`` as artifacts of the study's parent run. With --all, one report of every study
-that opens with the claims and compute of all of them.
+``report/`` as artifacts of the study's parent run. Rendering a study's latest launch also
+refreshes its summary run (reports.summary_run: the answer on one row of the MLflow UI), whose
+UI address is printed on stderr. With --all, one report of every study that opens with the
+claims and compute of all of them.
 
     tood-ablate report table6_alignment --out reports_out
     tood-ablate report --all --tracking-uri sqlite:////abs/path/mlruns.db
@@ -23,13 +25,14 @@ from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestration.mlflow_ui import view_url
+from orchestration.mlflow_ui import run_url, view_url
 from orchestration.schema import default_tracking_uri
 from reports import plots
-from reports.collect import (NoRunsError, StudyData, collect_study, list_studies,
+from reports.collect import (NoRunsError, StudyData, collect_study, find_parent, list_studies,
                              metric_histories, open_client)
 from reports.document import StudyReport, build_study_report, rows_frame, summary_tables
 from reports.formats import to_html, to_latex, to_markdown
+from reports.summary_run import refresh_summary, summary_lines
 from reports.tables import RowSummary, Table, study_title
 
 FORMATS = {"md": to_markdown, "tex": to_latex, "html": to_html}
@@ -63,12 +66,16 @@ figure.plot figcaption{font-size:.85em;color:#4a5568}.skipped{color:#b42318}
 
 @dataclass
 class ReportPaths:
-    """What render_report wrote: ``html`` is the report to open (all studies in one with --all)."""
+    """What render_report wrote: ``html`` is the report to open (all studies in one with --all);
+    ``logged_to``: the parent runs that got it; ``summaries``: the summary runs refreshed;
+    ``ui``: where to look in the MLflow UI (summary_run.summary_lines)."""
 
     html: Path
     tables: list[Path] = field(default_factory=list)
     plots: list[Path] = field(default_factory=list)
     logged_to: list[str] = field(default_factory=list)
+    summaries: list[str] = field(default_factory=list)
+    ui: list[str] = field(default_factory=list)
 
 
 def html_page(title: str, body: str) -> str:
@@ -102,9 +109,9 @@ def _meta(report: StudyReport, generated: str) -> list[tuple[str, str]]:
     running = int(counts.get("RUNNING", 0)) + int(counts.get("SCHEDULED", 0))
     run_link = html.escape(data.parent_id)
     if data.tracking_uri.startswith(("http://", "https://")):
-        base = f"{data.tracking_uri.rstrip('/')}/#/experiments/{data.experiment_id}"
+        parent = html.escape(run_url(data.tracking_uri, data.experiment_id, data.parent_id))
         view = html.escape(view_url(data.tracking_uri, data.experiment_id))
-        run_link = (f'<a href="{html.escape(base)}/runs/{html.escape(data.parent_id)}">{run_link}</a> '
+        run_link = (f'<a href="{parent}">{run_link}</a> '
                     f'(<a href="{view}">runs with AP, AP50, AP75, PCC</a>)')
     else:  # no server to link: the address to append to `mlflow ui`'s
         run_link += f"; in the UI: <code>{html.escape(view_url('', data.experiment_id))}</code>"
@@ -155,10 +162,10 @@ def write_tables(tables: list[Table], folder: Path, formats: tuple[str, ...]) ->
 
 
 def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: tuple[str, ...],
-                 generated: str) -> tuple[StudyReport, str, ReportPaths]:
+                 generated: str, log: bool = True) -> tuple[StudyReport, str, ReportPaths]:
     """Write ``out_dir/<study>/``: table files, rows.csv, PNGs and report.html; log them to the
-    parent run. Returns the study's report, its HTML section (for a combined report) and what
-    was written.
+    parent run (unless ``log`` is False: the store stays as it is). Returns the study's report,
+    its HTML section (for a combined report) and what was written.
     """
     study_dir = out_dir / data.study
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -176,20 +183,33 @@ def render_study(client: MlflowClient, data: StudyData, out_dir: Path, formats: 
     paths.html.write_text(html_page(f"TOOD ablation report: {title}",
                                     f"<h1>TOOD ablation report: {html.escape(title)}</h1>\n{section}"),
                           encoding="utf-8")
-    try:
-        client.log_artifacts(data.parent_id, str(study_dir), artifact_path="report")
-        paths.logged_to.append(data.parent_id)
-    except (MlflowException, OSError) as exc:
-        print(f"tood-ablate report: warning: could not log {study_dir} to run {data.parent_id}: {exc}",
-              file=sys.stderr)
+    if log:
+        log_report(client, report, study_dir, paths)
     return report, section, paths
 
 
+def log_report(client: MlflowClient, report: StudyReport, study_dir: Path, paths: ReportPaths) -> None:
+    """Log ``study_dir`` under the parent run's ``report/``; for the study's latest launch, also
+    refresh its summary run (an older launch's report leaves the summary alone). A store that
+    refuses is a warning: the files on disk are the report."""
+    data = report.data
+    try:
+        client.log_artifacts(data.parent_id, str(study_dir), artifact_path="report")
+        paths.logged_to.append(data.parent_id)
+        if find_parent(client, data.study).info.run_id == data.parent_id:
+            paths.summaries.append(refresh_summary(client, report, [paths.html, study_dir / "rows.csv", *paths.plots]))
+            paths.ui += summary_lines(data.tracking_uri, data.experiment_id, data.study, paths.summaries[-1])
+    except (MlflowException, OSError) as exc:
+        print(f"tood-ablate report: warning: could not log {study_dir} to MLflow ({data.parent_id}): {exc}",
+              file=sys.stderr)
+
+
 def render_report(study: str | None, tracking_uri: str | None = None, out_dir: str | Path = "reports_out",
-                  formats: tuple[str, ...] = ("md", "tex", "html"), parent: str = "latest") -> ReportPaths:
+                  formats: tuple[str, ...] = ("md", "tex", "html"), parent: str = "latest", log: bool = True) -> ReportPaths:
     """Render one study (or every study when ``study`` and ``parent`` are None/'latest').
 
-    ``parent``: a parent run id or 'latest'. Raises NoRunsError when there is nothing to report.
+    ``parent``: a parent run id or 'latest'; ``log``: also log each study's report to its parent
+    run and refresh its summary run. Raises NoRunsError when there is nothing to report.
     """
     unknown = set(formats) - FORMATS.keys()
     if unknown:
@@ -199,7 +219,7 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
     out_dir = Path(out_dir)
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     if study is not None or parent != "latest":
-        return render_study(client, collect_study(client, study, parent), out_dir, formats, generated)[2]
+        return render_study(client, collect_study(client, study, parent), out_dir, formats, generated, log)[2]
     names = list_studies(client)
     if not names:
         raise NoRunsError(f"no studies (experiments named tood-ablate/*) at tracking URI {client.tracking_uri}")
@@ -210,12 +230,14 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
         except NoRunsError as exc:
             skipped.append(f'<p class="skipped">{html.escape(name)}: skipped: {html.escape(str(exc))}</p>')
             continue
-        report, section, paths = render_study(client, data, out_dir, formats, generated)
+        report, section, paths = render_study(client, data, out_dir, formats, generated, log)
         reports.append(report)
         sections.append(section)
         combined.tables += paths.tables
         combined.plots += paths.plots
         combined.logged_to += paths.logged_to
+        combined.summaries += paths.summaries
+        combined.ui += paths.ui
     if not sections:
         raise NoRunsError(f"no study at tracking URI {client.tracking_uri} has runs to report")
     summary = summary_tables(reports)
@@ -224,6 +246,25 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
                                        + '<section id="summary">' + "".join(to_html(t) for t in summary)
                                        + "</section>\n" + "".join(skipped + sections)), encoding="utf-8")
     return combined
+
+
+def render_launch(name: str, storage_path: str | Path, tracking_uri: str) -> list[str]:
+    """After `tood-ablate run`/`resume` of launch ``name`` (its record under ``storage_path``):
+    each of its studies rendered into ``<storage_path>/<name>/report``, logged to its parent
+    run, its summary run refreshed. Returns the UI lines to print; a study whose report fails
+    is a warning naming the command that renders it (the launch's result stands)."""
+    from orchestration.launch import load_launch
+
+    info = load_launch(name, str(storage_path))
+    out, lines = Path(info["path"]) / "report", []
+    for s in info.get("studies") or [info]:  # a record older than suite launches names one study
+        try:
+            lines += render_report(s["study"], tracking_uri, out, parent=s["parent_run_id"]).ui
+        except Exception as exc:  # noqa: BLE001 -- the trained runs are safe in MLflow; say how to retry
+            print(f"tood-ablate: warning: report of {s['study']} failed ({type(exc).__name__}: {exc}); run: "
+                  f"tood-ablate report {s['study']} --parent {s['parent_run_id']} --tracking-uri {tracking_uri}",
+                  file=sys.stderr)
+    return lines
 
 
 def parse_formats(parser: argparse.ArgumentParser, text: str) -> tuple[str, ...]:
@@ -245,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/mlruns.db)")
     parser.add_argument("--parent", default="latest", help="parent run id of the launch, or 'latest' (default)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout to the path
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep stdout to the path,
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # also against a server
     if args.all and (args.study is not None or args.parent != "latest"):
         parser.error("--all reports every study's latest launch: give no STUDY and no --parent with it")
     if not args.all and args.study is None and args.parent == "latest":
@@ -265,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tood-ablate report: error: {exc}", file=sys.stderr)
         return 2
     print(paths.html)
+    if paths.ui:  # stdout stays the path alone; where to look in the UI goes to stderr
+        print("tood-ablate report: the study's answer in the MLflow UI:\n" + "\n".join(paths.ui), file=sys.stderr)
     return 0
 
 

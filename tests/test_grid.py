@@ -152,7 +152,13 @@ def test_factor_values_are_type_checked():
         ("rows:\n  - label: a\n    paper: {AP: high}\n", r"bad\.yaml: rows\[0\]\.paper\.AP: got 'high' \(expected a number\)"),
         ("rows:\n  - label: a\n    paper: {mAP: 40}\n", r"bad\.yaml: rows\[0\]\.paper\.mAP: unknown metric"),
         ("rows:\n  - label: a\n    seed: 1\n", r"bad\.yaml: rows\[0\]\.seed: unknown key \(expected one of: label, factors, set, paper\)"),
-        ("grids: 1\nrows:\n  - label: a\n", r"bad\.yaml: grids: unknown key \(expected one of: study, table, base, seeds, rows\)"),
+        ("grids: 1\nrows:\n  - label: a\n", r"bad\.yaml: grids: unknown key \(expected one of: study, table, base, seeds, rows, claim\)"),
+        ("claim: {shape: equivalance, delta: 1}\nrows:\n  - label: a\n",
+         r"bad\.yaml: claim\.shape: unknown value 'equivalance' \(expected one of: direction, margin, equivalence\)"),
+        ("claim: {shape: equivalence}\nrows:\n  - label: a\n", r"bad\.yaml: claim\.delta: got 0\.0 \(expected a number >= 0"),
+        ("claim: {shape: margin, delta: -1, why: x}\nrows:\n  - label: a\n", r"bad\.yaml: claim\.delta: got -1"),
+        ("claim: {shape: margin, delta: 1}\nrows:\n  - label: a\n", r"bad\.yaml: claim\.why: missing"),
+        ("claim: {shape: direction, bound: 1}\nrows:\n  - label: a\n", r"bad\.yaml: claim: got .* \(expected a mapping with keys shape, delta, why\)"),
     ],
 )
 def test_invalid_grids_fail_naming_file_and_key(tmp_path, body, pattern):

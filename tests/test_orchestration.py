@@ -95,8 +95,9 @@ def _study_runs(uri: str, study: str = "smoke"):
     exp = client.get_experiment_by_name(f"tood-ablate/{study}")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("tood.role") == "parent"]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("tood.role") == "trial"}
-    assert len(children) == len(runs) - len(parents), "two child runs with the same trial name"
+    trials = [r for r in runs if r.data.tags.get("tood.role") == "trial"]
+    children = {r.info.run_name: r for r in trials}
+    assert len(children) == len(trials), "two child runs with the same trial name"
     return client, parents, children
 
 
@@ -244,7 +245,7 @@ def test_bad_grid_or_options_fail_before_anything_starts(tmp_path, monkeypatch, 
         (["run", str(SMOKE), "--cpus-per-trial", "-1"], "--cpus-per-trial: got -1.0 (expected a number >= 0)"),
         (["run", str(SMOKE), "--workers-per-trial", "0"], "--workers-per-trial: got 0 (expected an integer >= 1)"),
         (["run", str(SMOKE), "--set", "train.epoch=3"], "--set: override train.epoch: unknown key 'train.epoch'; did you mean 'epochs'?"),
-        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy, proxy_long)"),
+        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy, proxy_long, smoke)"),
         (["status", "nothing"], "no launch named 'nothing'"),
         (["resume", "nothing"], "no launch named 'nothing'"),
     ]

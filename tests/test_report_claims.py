@@ -185,8 +185,12 @@ def test_table3_claims_cell_by_cell(t3):
     assert claims.key == "table3_claims" and [r[0] for r in claims.rows] == \
         ["TOOD (anchor-free) > ATSS (anchor-free) (AP)", "TOOD (anchor-based) > ATSS (anchor-based) (AP)"]
     half = T_975_DF2 * 0.5 / math.sqrt(3)  # differences 2.0, 3.0, 2.5 over seeds 0-2 (seed 3 only in TOOD)
+    # one-sided paired t: t = 2.5 / (0.5 / sqrt 3) = sqrt 75; with 2 degrees of freedom
+    # P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2 = (1 - sqrt(75 / 77)) / 2 = 0.00654
+    p = (1 - math.sqrt(75 / 77)) / 2
+    assert f"{p:.2g}" == "0.0065"
     assert claims.rows[0][1:] == ["AP", "+3.3", "+2.5 ± 0.5", "3 (seed 3 in one row only)",
-                                  f"[+{2.5 - half:.1f}, +{2.5 + half:.1f}]", "paired t", "agrees"]
+                                  f"[+{2.5 - half:.1f}, +{2.5 + half:.1f}]", "one-sided paired t, p=0.0065", "agrees"]
     # anchor-based: ATSS finished seed 0 only (seed 1 failed) -> one pair, 19.0 - 20.0, no interval: no
     # verdict, the command that trains the launch's seeds again (the store has no grid-file tag: the study)
     assert claims.rows[1][1:] == ["AP", "+3.1", "-1.0", "1 (seed 1 in one row only)", "-", "none (n < 2)",
@@ -290,3 +294,26 @@ def test_machine_note_prefers_the_host_the_trials_recorded():
     assert m == Machine(**host) and machine_note(m).startswith("Machine (recorded by the trials): Some CPU, 16 logical cores")
     two = pd.DataFrame({"host": [json.dumps(host), json.dumps({**host, "cores": 8})]})
     assert recorded_machine(two) is None and recorded_machine(pd.DataFrame({"run_id": ["a"]})) is None
+
+
+@pytest.mark.parametrize("delta,verdict,p", [
+    # differences 2.0, 3.0, 2.5: mean 2.5, se 0.5 / sqrt 3; t = (2.5 - delta) / se, 2 degrees of freedom,
+    # P(T > t) = (1 - t / sqrt(t^2 + 2)) / 2
+    (1.0, AGREES, (1 - math.sqrt(27 / 29)) / 2),  # t = sqrt 27: p 0.0175 < 0.025, the gain is shown >= 1
+    (3.0, INCONCLUSIVE, (1 + math.sqrt(3 / 5)) / 2),  # t = -sqrt 3: neither side at 0.025
+    (4.0, DISAGREES, (1 + math.sqrt(27 / 29)) / 2),  # t = -sqrt 27: the gain is shown below 4
+])
+def test_margin_claim_from_the_grid(t3, delta, verdict, p):
+    from orchestration.grid import ClaimSpec
+
+    data = t3.data
+    from reports.tables import summarize
+
+    spec = ClaimSpec("margin", delta, "test")
+    (first, _) = [c for c in compare(data.study, data.table, summarize(data), data.trials, claim=spec) if c.is_claim]
+    assert first.claim == f"TOOD (anchor-free) > ATSS (anchor-free) by >= {delta:g} (AP)"
+    assert first.test.test == f"minimum-effect t (delta={delta:g})" and first.verdict == verdict
+    assert first.test.p_value == pytest.approx(p, rel=1e-9)
+    # the same p as scipy's one-sided test on d - delta
+    assert first.test.p_value == pytest.approx(stats.ttest_1samp([2.0 - delta, 3.0 - delta, 2.5 - delta], 0,
+                                                                 alternative="greater").pvalue, rel=1e-9)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from orchestration.slurm import PORT_BASE, PORT_SLOTS, PORTS_PER_JOB, main
 from tests.test_cluster import Service, _free_port, _port_open

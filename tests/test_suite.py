@@ -170,7 +170,8 @@ def test_shared_row_trains_once_and_later_launches_reuse_it(launch, monkeypatch)
     again = launch.start("run", str(a), "--name", "again", "--set", "train.epochs=1")
     assert again.wait(timeout=300) == 0, again.output()
     record = json.loads((launch.path / "ray/again/tood_launch.json").read_text())
-    assert record["trainings"] == {"without_dedup": 2, "unique": 2, "reused_runs": 2, "to_train": 0}
+    assert record["trainings"] == {"without_dedup": 2, "unique": 2, "reused_runs": 2, "to_train": 0,
+                                   "shared_prefixes": 0, "branches": 0, "saved_trial_epochs": 0}
     client, _, reused = _launch_runs(launch.uri, "study_a", "again")
     assert len(reused) == 2  # both rows of the second launch read the first launch's runs
     for name, r in reused.items():

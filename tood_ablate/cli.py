@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grid", nargs="*", help="grid files (several: one launch, identical trials trained once)")
     r.add_argument("--all", action="store_true", help="every paper study in experiments/ (all grids but smoke) in one launch")
     r.add_argument("--rerun", action="store_true", help="train every trial, even one whose key has a finished run in the store")
+    r.add_argument("--rerun-stale", action="store_true", help="train the trials whose key's finished run was trained by other "
+                                                              "code than this checkout's tood/ (reused by default, marked in "
+                                                              "`status` and the report)")
     r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic, 16 epochs), proxy_long "
                                                       "(the same, 32 epochs), smoke (any grid in a couple of minutes: tiny "
                                                       "synthetic data, 2 epochs) or coco (data.root: a COCO 2017 folder)")
@@ -47,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage-path", help=f"Tune results and checkpoints; shared storage on a cluster (default: <cwd>/{DEFAULT_STORAGE})")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for every trial")
     r.add_argument("--log-checkpoints", action="store_true", help="also log each trial's final checkpoint to MLflow")
+    r.add_argument("--until-decided", action="store_true", help="train seeds in rounds, only for rows whose claims are "
+                                                                "undecided and still decidable (tood_ablate.sequential)")
+    r.add_argument("--max-seeds", type=int, default=12, help="with --until-decided: the most seeds a row gets")
+    r.add_argument("--looks", default="3,5,8,12", help="with --until-decided: the seed counts at which claims are tested")
+    r.add_argument("--alpha", type=float, default=0.05, help="with --until-decided: each claim's one-sided error rate over "
+                                                             "all its looks (Bonferroni split)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     for name, text in (("resume", "finish an interrupted launch (finished trials are not re-run)"),
                        ("status", "the trials of a launch, their state and AP")):
@@ -64,7 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("doctor", help="will a launch work here, and how long will it take? (`tood-ablate doctor --help`)",
                    add_help=False)
+    sub.add_parser("slurm", help="write an sbatch script that runs a launch on a Slurm allocation (`tood-ablate slurm --help`)",
+                   add_help=False)
     return p
+
+
+def _looks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--looks: got {text!r} (expected increasing seed counts, e.g. 3,5,8,12)") from None
 
 
 def _options(args: argparse.Namespace) -> LaunchOptions:
@@ -79,7 +97,7 @@ def _options(args: argparse.Namespace) -> LaunchOptions:
         cpus_per_trial=args.cpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
         tracking_uri=args.tracking_uri, name=args.name, storage_path=args.storage_path,
         overrides=dict(parse_override(o) for o in args.overrides), max_failures=args.max_failures, quiet=args.quiet,
-        log_checkpoints=args.log_checkpoints, rerun=args.rerun)
+        log_checkpoints=args.log_checkpoints, rerun=args.rerun, rerun_stale=args.rerun_stale)
 
 
 def _print_status(name: str, storage_path: str | None) -> None:
@@ -92,6 +110,9 @@ def _print_status(name: str, storage_path: str | None) -> None:
               f"earlier runs, {t['to_train']} for this launch to train")
     by_status = Counter(r["status"] for r in rows)
     print("  child runs by status: " + ", ".join(f"{s} {n}" for s, n in sorted(by_status.items())))
+    stale = sum(bool(r["stale"]) for r in rows)
+    if stale:
+        print(f"  {stale} result(s) reused across a code change (STALE below; `tood-ablate run ... --rerun-stale` retrains them)")
     multi = len(info.get("studies", [])) > 1
     for r in rows:
         ap = "-" if r["AP"] is None else f"{r['AP']:.1f}"
@@ -99,6 +120,7 @@ def _print_status(name: str, storage_path: str | None) -> None:
         name = f"{r['study']}/{r['name']}" if multi else r["name"]
         print(f"  {r['status']:9s} {name:60s} epoch {epoch:>3s}  AP {ap:>5s}  attempts {r['attempts']}"
               + (f"  reused from run {r['reused_from']}" if r["reused_from"] else "")
+              + (f"  STALE: {r['stale']}" if r["stale"] else "")
               + (f"  error: {r['error'][:120]}" if r["error"] and r["status"] != "FINISHED" else ""))
 
 
@@ -130,6 +152,10 @@ def checked_store_args(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["slurm"]:  # checks the tracking URI's form only: the server need not answer the login node
+            from orchestration.slurm import main as slurm_main
+
+            return slurm_main(argv[1:])
         if argv[:1] and argv[0] in REPORT_COMMANDS:
             rest = checked_store_args(argv[1:])
             return importlib.import_module(REPORT_COMMANDS[argv[0]]).main(rest) or 0
@@ -137,11 +163,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             if bool(args.grid) == bool(args.all):
                 raise ConfigError("tood-ablate run: give grid files or --all (expected one of the two)")
-            return 0 if run_suite(suite_grids() if args.all else args.grid, _options(args)).ok else 1
-        if args.command == "resume":
-            return 0 if resume_launch(args.name, args.storage_path, args.address, args.quiet).ok else 1
-        _print_status(args.name, args.storage_path)
-        return 0
+            grids = suite_grids() if args.all else args.grid
+            if args.until_decided:
+                from tood_ablate.sequential import run_until_decided
+
+                return run_until_decided(grids, _options(args), args.max_seeds, _looks(args.looks), args.alpha)
+            result = run_suite(grids, _options(args))
+        elif args.command == "resume":
+            result = resume_launch(args.name, args.storage_path, args.address, args.quiet)
+        else:
+            _print_status(args.name, args.storage_path)
+            return 0
+        from reports.render import render_launch  # each study: report logged to its parent, summary refreshed
+
+        lines = render_launch(result.name, result.path.parent, result.tracking_uri)
+        if lines:
+            print("tood-ablate: the answer in the MLflow UI:\n" + "\n".join(lines), file=sys.stderr)
+        return 0 if result.ok else 1
     except ConfigError as e:
         print(f"tood-ablate: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,143 @@
+"""``tood-ablate run --until-decided``: the rounds of seeds on a store with the launcher's MLflow
+layout, where each (row, seed) "trains" to a value chosen by the test (run_suite replaced), so
+which claims decide at which look is known in advance."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import tood_ablate.sequential as sequential
+from orchestration.grid import expand, load_grid, resolved_grid
+from orchestration.launch import LaunchOptions, _only_row_seeds, _seeds_of
+from orchestration.preflight import storage_root
+from orchestration.tracking import create_launch_runs, finish_trial
+from tood.config import ConfigError
+
+# TOOD minus ATSS per seed: anchor-free 5 + 0.1 x noise (decided at the first look, 3 seeds); anchor-based
+# 1 + 1.5 x noise: 1.465, 0.37, 1.27 over seeds 0-2, mean 1.035, sd 0.585, one-sided t = 3.06 on 2 degrees
+# of freedom, p = (1 - t / sqrt(t^2 + 2)) / 2 = 0.046 > 0.025 (the per-look level): undecided, but
+# decidable by 5 seeds, so both its rows get seeds 3 and 4.
+NOISE = [0.31, -0.42, 0.18, -0.77, 0.55, 0.09, -0.26, 0.64]
+BASE = {"ATSS (anchor-free)": 60.0, "TOOD (anchor-free)": 65.0, "ATSS (anchor-based)": 60.0, "TOOD (anchor-based)": 61.0}
+GRID = """study: t3seq
+table: table3
+base: {base}
+seeds: [0]
+rows:
+  - label: "ATSS (anchor-free)"
+    factors: {{detector: atss_af, head: parallel}}
+    paper: {{AP: 39.2}}
+  - label: "ATSS (anchor-based)"
+    factors: {{detector: atss_ab, head: parallel}}
+    paper: {{AP: 39.3}}
+  - label: "TOOD (anchor-free)"
+    factors: {{head: t_head, assigner: tal, anchor_type: anchor_free}}
+    paper: {{AP: 42.5}}
+  - label: "TOOD (anchor-based)"
+    factors: {{head: t_head, assigner: tal, anchor_type: anchor_based}}
+    paper: {{AP: 42.4}}
+"""
+
+
+def value(row: str, seed: int) -> float:
+    scale = 0.1 if "anchor-free" in row else 1.5
+    return BASE[row] + (scale * NOISE[seed] if row.startswith("TOOD") else 0.0)
+
+
+class FakeLaunches:
+    """run_suite with the launcher's MLflow layout: every requested (row, seed) is FINISHED with
+    value(row, seed) as AP. ``fail_round``: that round's launch stops with a KILLED trial once."""
+
+    def __init__(self, fail_round: int | None = None):
+        self.rounds: list[dict[str, list[int]]] = []
+        self.trained: list[tuple[str, int]] = []
+        self.fail_round = fail_round
+
+    def __call__(self, grid_paths, opts: LaunchOptions):
+        client = MlflowClient(opts.tracking_uri)
+        self.rounds.append({k: list(v) for k, v in opts.row_seeds.items()})
+        done = set(self.trained)
+        failing = self.fail_round == len(self.rounds)
+        for path in grid_paths:
+            g = load_grid(path)
+            specs = _only_row_seeds(expand(g, opts.profile, _seeds_of(g, opts), opts.overrides), opts.row_seeds)
+            parent, ids = create_launch_runs(client, g.study, g.table, opts.profile, str(path),
+                                             resolved_grid(g, _seeds_of(g, opts), opts.overrides), specs, opts.name)
+            for i, (spec, rid) in enumerate(zip(specs, ids)):
+                if failing and i == len(ids) - 1:
+                    client.set_terminated(rid, "KILLED")
+                    continue
+                if (spec.row_label, spec.seed) not in done:  # a launch reuses what an earlier one trained
+                    self.trained.append((spec.row_label, spec.seed))
+                finish_trial(client, rid, spec.config, {"AP": value(spec.row_label, spec.seed)}, step=1)
+            client.set_terminated(parent, "KILLED" if failing else "FINISHED")
+        folder = storage_root(opts.storage_path) / opts.name
+        folder.mkdir(parents=True)
+        (folder / "tood_launch.json").write_text(json.dumps({"name": opts.name}))
+        if failing:
+            self.fail_round = None
+        return SimpleNamespace(ok=not failing)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    grid = tmp_path / "t3seq.yaml"
+    grid.write_text(GRID.format(base=Path(__file__).resolve().parents[1] / "experiments/base.yaml"))
+    opts = LaunchOptions(profile="smoke", tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}", name="seq",
+                         storage_path=str(tmp_path / "ray"), quiet=True)
+    return grid, opts
+
+
+def _seeds(rounds: dict[str, list[int]], row: str) -> list[int]:
+    return rounds[f"t3seq/{row}"]
+
+
+def test_decided_claim_stops_and_undecided_gets_seeds_up_to_max(setup, monkeypatch):
+    grid, opts = setup
+    fake = FakeLaunches()
+    monkeypatch.setattr(sequential, "run_suite", fake)
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5), alpha=0.05) == 0
+    first, second = fake.rounds  # look 1 at 3 seeds, look 2 at 5: no third round
+    assert all(seeds == [0, 1, 2] for seeds in first.values())
+    # anchor-free: +5.0 over 3 seeds is decided at the first look (one-sided t at 0.025 per look): no more seeds
+    assert _seeds(second, "TOOD (anchor-free)") == [0, 1, 2] and _seeds(second, "ATSS (anchor-free)") == [0, 1, 2]
+    # anchor-based: undecided at the first look and decidable: both rows of the pair get seeds 3 and 4
+    assert _seeds(second, "TOOD (anchor-based)") == [0, 1, 2, 3, 4] and _seeds(second, "ATSS (anchor-based)") == [0, 1, 2, 3, 4]
+    assert len(fake.trained) == len(set(fake.trained)) == 4 * 3 + 2 * 2  # nothing trained twice
+    table = (Path(opts.storage_path) / "seq_sequential_claims.md").read_text()
+    assert "| t3seq | TOOD (anchor-free) > ATSS (anchor-free) (AP) | direction | 0 | one-sided paired t | 3 | 3,5 |" in table
+    assert "Trainings spent: 16; a fixed design with 5 seeds in every row: 20." in table
+    # the same table on the study's parent run, as an MLflow table artifact
+    client = MlflowClient(opts.tracking_uri)
+    parent = client.search_runs([client.get_experiment_by_name("tood-ablate/t3seq").experiment_id],
+                                "tags.`tood.role` = 'parent'", order_by=["attributes.start_time DESC"])[0]
+    assert "sequential_claims.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_interrupted_round_continues_with_the_same_plan(setup, monkeypatch):
+    grid, opts = setup
+    fake = FakeLaunches(fail_round=2)
+    monkeypatch.setattr(sequential, "run_suite", fake)
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5)) == 1  # round 2 cut short
+    # the same command again: round 2's launch exists (it is resumed with `tood-ablate resume seq-r2`; here its
+    # killed trial is simply absent), so the plan is read from the store again and asks the same seeds
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5)) == 0
+    assert _seeds(fake.rounds[-1], "TOOD (anchor-based)") == [0, 1, 2, 3, 4]
+    assert _seeds(fake.rounds[-1], "TOOD (anchor-free)") == [0, 1, 2]
+    assert len(fake.trained) == len(set(fake.trained))
+
+
+def test_bad_options_are_config_errors(setup):
+    grid, opts = setup
+    with pytest.raises(ConfigError, match="--max-seeds: got 2"):
+        sequential.run_until_decided([grid], opts, max_seeds=2, looks=(3, 5))
+    with pytest.raises(ConfigError, match="--looks"):
+        sequential.run_until_decided([grid], opts, max_seeds=5, looks=(5, 3))
+    with pytest.raises(ConfigError, match="--seeds: not with --until-decided"):
+        sequential.run_until_decided([grid], LaunchOptions(**{**opts.__dict__, "seeds": [0]}), max_seeds=5, looks=(3, 5))
+    assert math.isfinite(value("TOOD (anchor-based)", 4))
