@@ -42,3 +42,15 @@ def test_link_to_missing_page_fails_the_build(tmp_path: Path) -> None:
     result = build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0, "a link to a missing page built without error"
     assert "no-such-page.md" in result.stdout + result.stderr
+
+
+def test_readme_links_point_at_files_that_exist():
+    # mkdocs checks docs/; the READMEs outside it are checked here
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for readme in (root / "README.md", root / "results/README.md"):
+        links = re.findall(r"\]\(([^)#\s]+)", readme.read_text())
+        assert links, readme
+        missing = [link for link in links if "://" not in link and not (readme.parent / link).exists()]
+        assert missing == [], f"{readme}: links to missing files"
