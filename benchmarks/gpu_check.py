@@ -73,14 +73,19 @@ class StepTimeout(Exception):
 
 @contextmanager
 def time_limit(seconds: float):
-    """Raise :class:`StepTimeout` in the main thread after ``seconds`` (at the next Python line)."""
+    """Raise :class:`StepTimeout` in the main thread after ``seconds`` (at the next Python line).
+    Yields a dict whose ``fired`` says whether the alarm went off: raised inside an import, the
+    timeout can surface later as another error (a half-initialised module)."""
+    state = {"fired": False}
+
     def expire(signum, frame):
+        state["fired"] = True
         raise StepTimeout(f"ran past its budget of {seconds:.1f} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
     try:
-        yield
+        yield state
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -395,11 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         now = time.monotonic()
         limit = min(end - now, args.budget * SHARES[name]) if name in SHARES else end - now
         t0 = time.perf_counter()
+        alarm = {"fired": False}
         try:
-            with time_limit(limit):
+            with time_limit(limit) as alarm:
                 result = {"ok": True, **step(now + limit)}
         except Exception as e:  # a failed step is recorded and the next one still runs
-            result = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc().splitlines()[-8:]}
+            error = f"{type(e).__name__}: {e}"
+            if alarm["fired"] and not isinstance(e, StepTimeout):
+                error = f"StepTimeout: ran past its budget of {limit:.1f} s (surfaced as {error})"
+            result = {"ok": False, "error": error, "traceback": traceback.format_exc().splitlines()[-8:]}
         result.update(step_s=time.perf_counter() - t0, budget_s=limit)
         report["steps"][name] = result
         report["total_s"] = time.monotonic() - start
