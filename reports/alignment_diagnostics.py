@@ -113,7 +113,7 @@ def markdown(trials: list[dict], measures: tuple[str, ...] = SHOWN) -> str:
     return "".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tood-ablate diagnose", description=__doc__.splitlines()[0])
     p.add_argument("grid", help="grid file whose rows to diagnose, e.g. experiments/table6_alignment.yaml")
     p.add_argument("--storage", default="runs/ray", help="Tune storage folder of the launches (as `tood-ablate run --storage-path`; default runs/ray)")
@@ -127,41 +127,51 @@ def main(argv: list[str] | None = None) -> int:
                    help="config override for the evaluation only (trials are still found by their trained config), "
                         "e.g. data.root=other/split --eval-set data.synthetic=null")
     p.add_argument("--out", required=True, help="output path without suffix; writes <out>.json and <out>.md")
-    args = p.parse_args(argv)
+    return p
+
+
+class _Usage(Exception):
+    """A bad argument, already worded for the user (exit 2)."""
+
+
+def _inputs(args: argparse.Namespace) -> tuple[Path, list[TrialSpec], dict[str, Any], dict[str, Path], Path]:
+    """(storage, the grid's trial specs, the evaluation overrides, checkpoint by trial key, out path),
+    every argument checked before any checkpoint is read."""
     storage = Path(args.storage)
     if not storage.is_dir():
-        print(f"error: --storage {storage}: not a folder (expected a Tune storage folder with trial_*/params.json)", file=sys.stderr)
-        return 2
+        raise _Usage(f"--storage {storage}: not a folder (expected a Tune storage folder with trial_*/params.json)")
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
-        print(f"error: --seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)", file=sys.stderr)
-        return 2
+        raise _Usage(f"--seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)") from None
     try:
         specs = expand_grid(args.grid, profile=args.profile, seeds=seeds, overrides=dict(parse_override(o) for o in args.overrides))
         eval_overrides = dict(parse_override(o) for o in args.eval_set)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Usage(str(e)) from None
     found = checkpoints_by_key(storage)
-    keys = [trial_key(spec.config) for spec in specs]
-    if not set(keys) & set(found):
-        print(f"error: --storage {storage}: no checkpoint of any of the {len(specs)} trials of {args.grid} "
-              f"(expected the storage folder of a launch that ran them, with its trial_*/checkpoint_*/last.pt; "
-              f"trials trained with `run --set` are found with the same --set)", file=sys.stderr)
-        return 2
+    if not {trial_key(spec.config) for spec in specs} & set(found):
+        raise _Usage(f"--storage {storage}: no checkpoint of any of the {len(specs)} trials of {args.grid} "
+                     f"(expected the storage folder of a launch that ran them, with its trial_*/checkpoint_*/last.pt; "
+                     f"trials trained with `run --set` are found with the same --set)")
     out = Path(args.out)
     try:
         check_writable(out.parent, "--out")
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise _Usage(str(e)) from None
+    return storage, specs, eval_overrides, found, out
+
+
+def _diagnose_all(specs: list[TrialSpec], found: dict[str, Path], storage: Path, threads: int,
+                  eval_overrides: dict[str, Any]) -> list[dict]:
+    """One entry per trial: its measures, the error that skipped it, or no checkpoint."""
     trials = []
-    for spec, key in zip(specs, keys):
+    for spec in specs:
+        key = trial_key(spec.config)
         entry = {"row": spec.row_label, "seed": spec.seed, "trial_key": key, "checkpoint": str(found.get(key, ""))}
         if key in found:
             try:
-                entry["measures"] = diagnose(spec, found[key], args.threads, eval_overrides)
+                entry["measures"] = diagnose(spec, found[key], threads, eval_overrides)
                 print(f"{spec.row_label}, seed {spec.seed}: AP {entry['measures']['AP']:.1f}, PCC@50 {entry['measures']['PCC@50']:.3f}", flush=True)
             except ConfigError as e:  # e.g. a checkpoint that does not fit the grid's model
                 entry["error"] = str(e)
@@ -169,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{spec.row_label}, seed {spec.seed}: no checkpoint under {storage} (trial key {key})", flush=True)
         trials.append(entry)
+    return trials
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        storage, specs, eval_overrides, found, out = _inputs(args)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trials = _diagnose_all(specs, found, storage, args.threads, eval_overrides)
     m = machine()
     header = {"command": "tood-ablate diagnose " + " ".join(argv if argv is not None else sys.argv[1:]),
               "git_commit": git_commit(), "machine": f"{m.cpu}, {m.cores} logical cores, GPU {m.gpu}",
