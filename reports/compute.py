@@ -46,6 +46,7 @@ class TrialCompute:
     reused_from: str
     counted_from: str = ""
     prefix_saved_s: float = 0.0  # training time of the epochs it copied from a shared prefix
+    eval_s: float = 0.0  # evaluation seconds within wall_s (metric eval_time_s, every evaluated epoch)
 
     @property
     def carries_compute(self) -> bool:
@@ -103,14 +104,34 @@ def trial_compute(client: MlflowClient, trials: pd.DataFrame, count_sources: boo
         reused = str(getattr(t, "reused_from", "") or "")
         if reused and all_reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_source(client, reused), reused, reused,
-                                        _prefix_saved(client, reused)))
+                                        _prefix_saved(client, reused), _history_sum(client, reused, EVAL_METRIC)))
         elif reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, 0, 0, 0.0, math.nan, math.nan, reused))
         else:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_measured(
                 client, t.run_id, t.status, getattr(t, "attempts", ""), getattr(t, "cpus_per_trial", ""),
-                getattr(t, "gpus_per_trial", "")), "", prefix_saved_s=_prefix_saved(client, t.run_id)))
+                getattr(t, "gpus_per_trial", "")), "", prefix_saved_s=_prefix_saved(client, t.run_id),
+                eval_s=_history_sum(client, t.run_id, EVAL_METRIC)))
     return records
+
+
+def _history_sum(client: MlflowClient, run_id: str, metric: str) -> float:
+    """The sum of ``metric`` over a run's steps (0 when it has none or the run is not in the store)."""
+    try:
+        return sum(m.value for m in client.get_metric_history(run_id, metric))
+    except MlflowException:
+        return 0.0
+
+
+def _with_eval(header: list[str], body: list[list[str]], groups: list[list[TrialCompute]], notes: list[str]) -> tuple:
+    """``header`` and ``body`` with the evaluation seconds per line (each training once), apart from
+    the training in the wall time; unchanged when no trial recorded eval_time_s (older stores)."""
+    if not any(r.eval_s for records in groups for r in records):
+        return header, body, notes
+    spent = [sum(r.eval_s for r in {r.trained_by: r for r in g if r.carries_compute}.values()) for g in groups]
+    return ([*header, EVAL_COLUMN], [[*line, f"{s:,.0f}"] for line, s in zip(body, spent)],
+            [*notes, f"{EVAL_COLUMN}: the part of the wall time spent evaluating (metric eval_time_s of every "
+                     "evaluated epoch: inference and COCO AP); the rest is training."])
 
 
 def _prefix_saved(client: MlflowClient, run_id: str) -> float:
@@ -155,6 +176,7 @@ def _cells(records: list[TrialCompute]) -> list[str]:
 
 
 SAVED_COLUMN = "saved by shared prefixes (s)"
+EVAL_COLUMN, EVAL_METRIC = "of which evaluation (s)", "eval_time_s"
 COMPUTE_HEADER = ["Row", "trials", "attempts", "failed attempts", "wall time (s)", "CPU h", "GPU h", "reused",
                   "partly unrecorded"]
 
@@ -211,7 +233,8 @@ def compute_table(key: str, caption: str, rows: list[RowSummary], records: list[
     notes += ["partly unrecorded: some trial of the row has no attempt_wall_s metric or no "
               "tood.cpus_per_trial / tood.gpus_per_trial tag (a store older than them); the sums cover "
               "the recorded trials only.", machine_note(m)]
-    return Table(key, caption, *_with_saved(COMPUTE_HEADER, body, groups, notes))
+    header, body, notes = _with_eval(COMPUTE_HEADER, body, groups, notes)
+    return Table(key, caption, *_with_saved(header, body, groups, notes))
 
 
 def summary_compute_table(per_study: dict[str, list[TrialCompute]], m: Machine) -> Table:

@@ -317,3 +317,23 @@ def test_margin_claim_from_the_grid(t3, delta, verdict, p):
     # the same p as scipy's one-sided test on d - delta
     assert first.test.p_value == pytest.approx(stats.ttest_1samp([2.0 - delta, 3.0 - delta, 2.5 - delta], 0,
                                                                  alternative="greater").pvalue, rel=1e-9)
+
+
+def test_compute_table_shows_evaluation_seconds_apart():
+    from types import SimpleNamespace
+
+    from reports.compute import EVAL_COLUMN, TrialCompute, compute_table
+
+    def rec(run, row, wall, ev, reused=""):
+        return TrialCompute(run, row, 0, "FINISHED", 1, 0, wall, 1.0, 0.0, reused, eval_s=ev)
+
+    rows = [SimpleNamespace(label="a"), SimpleNamespace(label="b")]
+    records = [rec("r1", "a", 100.0, 12.5), rec("r2", "a", 80.0, 7.5), rec("r3", "b", 50.0, 4.0),
+               rec("r4", "b", 0.0, 0.0, reused="r3")]  # a reused trial counts nothing where it was copied
+    table = compute_table("t_compute", "t", rows, records, HOST)
+    col = table.header.index(EVAL_COLUMN)
+    assert [line[col] for line in table.rows] == ["20", "4", "24"]  # 12.5 + 7.5; 4; all rows
+    assert any(n.startswith(f"{EVAL_COLUMN}: the part of the wall time spent evaluating") for n in table.notes)
+    # a store without eval_time_s keeps the old columns
+    old = [rec("r1", "a", 100.0, 0.0)]
+    assert EVAL_COLUMN not in compute_table("t_compute", "t", rows[:1], old, HOST).header
