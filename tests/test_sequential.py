@@ -141,3 +141,40 @@ def test_bad_options_are_config_errors(setup):
     with pytest.raises(ConfigError, match="--seeds: not with --until-decided"):
         sequential.run_until_decided([grid], LaunchOptions(**{**opts.__dict__, "seeds": [0]}), max_seeds=5, looks=(3, 5))
     assert math.isfinite(value("TOOD (anchor-based)", 4))
+
+
+@pytest.mark.slow
+def test_until_decided_end_to_end_on_tiny_trainings(tmp_path):
+    """The real command on Table 6's two ends at the smoke profile: round 1 trains seeds 0 and 1 of
+    both rows, round 2 (if a claim is still open) seed 2; every (row, seed) trains once, nothing is
+    left RUNNING, and the claims table lands on the study's latest parent run."""
+    import subprocess
+    import sys
+
+    from tests.test_orchestration import _env
+
+    grid = tmp_path / "ends.yaml"
+    grid.write_text(Path(__file__).resolve().parents[1].joinpath("experiments/demo.yaml").read_text()
+                    .replace("study: demo", "study: ends").replace("base: base.yaml",
+                    f"base: {Path(__file__).resolve().parents[1] / 'experiments/base.yaml'}"))
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = subprocess.run([sys.executable, "-m", "tood_ablate", "run", str(grid), "--profile", "smoke", "--until-decided",
+                           "--max-seeds", "3", "--looks", "2,3", "--name", "ends", "--tracking-uri", uri,
+                           "--storage-path", str(tmp_path / "ray"), "--cpus-per-trial", "1", "--quiet"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("tood-ablate/ends").experiment_id
+    runs = client.search_runs([exp], max_results=1000)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    trained = [(r.data.tags["tood.row"], r.data.tags["tood.seed"]) for r in runs  # reused runs hold copies: left out
+               if r.data.tags.get("tood.role") == "trial" and "tood.reused_from" not in r.data.tags
+               and client.get_metric_history(r.info.run_id, "attempt_wall_s")]
+    assert len(trained) == len(set(trained))  # later rounds reuse what earlier ones trained
+    assert {s for _, s in trained} <= {"0", "1", "2"} and {(r, s) for r, s in trained if s in ("0", "1")} == \
+        {(row, s) for row in ("parallel head + ATSS", "T-head + TAL") for s in ("0", "1")}
+    parents = [r for r in runs if r.data.tags.get("tood.role") == "parent"]
+    assert {p.info.run_name for p in parents} <= {"ends-r1", "ends-r2"} and "ends-r1" in {p.info.run_name for p in parents}
+    latest = max(parents, key=lambda p: p.info.start_time)
+    assert "sequential_claims.json" in {a.path for a in client.list_artifacts(latest.info.run_id)}
+    assert (tmp_path / "ray" / "ends_sequential_claims.md").read_text().count("| ends |") == 4  # Table 6's four claims
