@@ -115,7 +115,7 @@ def suite_line(trials: list, slots: int = 1, started: dict[str, float] | None = 
     running = sum(t.status == "RUNNING" for t in trials)
     eta = eta_seconds(trials, max(running, slots, 1), started, ended, now)
     return (f"suite: {sum(finished(t) for t in trials)}/{len(trials)} trials done, {running} running, "
-            + ("ETA -" if eta is None else f"ETA {eta / 60:.0f} min"))
+            + ("ETA -" if eta is None else f"ETA {eta:.0f} s" if eta < 120 else f"ETA {eta / 60:.0f} min"))
 
 
 class ProgressTable(Callback):

@@ -330,7 +330,7 @@ def test_eta_by_hand():
     assert eta(200) == pytest.approx(100)  # the last trial starts alone (cost left / slots would say 33)
     assert eta(250) == pytest.approx(50)  # 50 s into it, from its start time
     trials, started, ended = _trials_at(250, costs, start, end, 4)
-    assert suite_line(trials, 3, started, ended, now=250) == "suite: 6/7 trials done, 1 running, ETA 1 min"
+    assert suite_line(trials, 3, started, ended, now=250) == "suite: 6/7 trials done, 1 running, ETA 50 s"  # under 2 min: seconds
     assert eta_seconds(trials, 3, started, {}, now=250) == pytest.approx(50)  # without end times: Tune's time_total_s
     assert eta_seconds(trials, 3, started, ended, now=320) == 0.0  # overdue: about to end
     # without a start time, a running trial counts by its share of epochs (2 of 4 done): 50 s
