@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine
 from orchestration.schema import ATTEMPTS_TAG, CPUS_TAG, GPUS_TAG
-from orchestration.tracking import PREFIX_SAVED_METRIC
+from orchestration.tracking import PREFIX_EPOCHS_TAG, PREFIX_SAVED_METRIC
 from reports.tables import RowSummary, Table
 
 WALL_METRIC = "attempt_wall_s"
@@ -104,21 +104,23 @@ def trial_compute(client: MlflowClient, trials: pd.DataFrame, count_sources: boo
         reused = str(getattr(t, "reused_from", "") or "")
         if reused and all_reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_source(client, reused), reused, reused,
-                                        _prefix_saved(client, reused), _history_sum(client, reused, EVAL_METRIC)))
+                                        _prefix_saved(client, reused), _trained_eval_s(client, reused)))
         elif reused:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, 0, 0, 0.0, math.nan, math.nan, reused))
         else:
             records.append(TrialCompute(t.run_id, t.row, t.seed, t.status, *_measured(
                 client, t.run_id, t.status, getattr(t, "attempts", ""), getattr(t, "cpus_per_trial", ""),
                 getattr(t, "gpus_per_trial", "")), "", prefix_saved_s=_prefix_saved(client, t.run_id),
-                eval_s=_history_sum(client, t.run_id, EVAL_METRIC)))
+                eval_s=_trained_eval_s(client, t.run_id)))
     return records
 
 
-def _history_sum(client: MlflowClient, run_id: str, metric: str) -> float:
-    """The sum of ``metric`` over a run's steps (0 when it has none or the run is not in the store)."""
+def _trained_eval_s(client: MlflowClient, run_id: str) -> float:
+    """eval_time_s over the epochs a run trained: the epochs a branched run copied from a shared
+    prefix (up to its tag tood.prefix_epochs) count where they trained, once."""
     try:
-        return sum(m.value for m in client.get_metric_history(run_id, metric))
+        copied = int(client.get_run(run_id).data.tags.get(PREFIX_EPOCHS_TAG, 0))
+        return sum(m.value for m in client.get_metric_history(run_id, EVAL_METRIC) if m.step > copied)
     except MlflowException:
         return 0.0
 

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from tests.test_orchestration import SMOKE, launch  # noqa: F401  (fixture)
 from tests.test_suite import _describe, _launch_runs
 from tood.build import build_criterion, unused_criterion_fields
 from tood.checkpoint import load_checkpoint
-from tood.config import build_config, to_dict
+from tood.config import ConfigError, build_config, to_dict
 from tood.engine import train
 
 TIMING = ("epoch_time_s", "eval_time_s")  # wall times: the only numbers a replay does not repeat
@@ -242,6 +243,19 @@ def test_plan_counts_of_the_paper_suite_agree_with_brute_force(tmp_path, profile
     assert 0 < w["with_sharing"] < w["without_sharing"]
     off = plan(grids, profile, tracking_uri=f"sqlite:///{tmp_path / 'none.db'}", share=False)
     assert off["shared_prefixes"] == [] and off["trial_epochs"]["with_sharing"] == total
+
+
+def test_plan_command_prints_the_counts_and_writes_json(tmp_path, capsys):
+    from orchestration.plan import main
+
+    out = tmp_path / "plan.json"
+    assert main(["--all", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--slots", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "child runs               118" in text and "distinct trainings       81" in text
+    assert "8, 35 trainings branch from them: 210 trial-epochs not trained (16.2%) -> 1086 trial-epochs" in text
+    assert json.loads(out.read_text())["trial_epochs"]["saved"] == 210
+    with pytest.raises(ConfigError, match="give grid files or --all"):
+        main([])
 
 
 def test_share_prefixes_roles_costs_and_order(tmp_path):
@@ -519,8 +533,6 @@ def test_a_driver_killed_while_branches_wait_is_finished_by_resume(launch):
 
 
 def test_compute_table_counts_what_shared_prefixes_saved_once_per_training():
-    from types import SimpleNamespace
-
     from orchestration.host import Machine
     from reports.compute import SAVED_COLUMN, TrialCompute, compute_table, summary_compute_table
 
@@ -539,3 +551,28 @@ def test_compute_table_counts_what_shared_prefixes_saved_once_per_training():
     assert [summary.cell(s, SAVED_COLUMN) for s in ("s1", "s2", "Total")] == ["80", "0", "80"]
     plain = compute_table("t_compute", "t", rows, [rec("p", "a"), rec("y", "b")], host)
     assert SAVED_COLUMN not in plain.header
+
+
+def test_a_branched_runs_copied_epochs_count_once_in_the_compute_table(store):
+    import pandas as pd
+
+    from orchestration.host import Machine
+    from orchestration.tracking import copy_prefix, log_metrics
+    from reports.compute import EVAL_COLUMN, SAVED_COLUMN, compute_table, trial_compute
+
+    client, (producer, branch, _), _ = store
+    history = [{"epoch": e, "loss_total": 1.0, "epoch_time_s": 20.0, "eval_time_s": 1.0 * e} for e in (1, 2)]
+    for h in history:
+        log_metrics(client, producer, {k: v for k, v in h.items() if k != "epoch"}, h["epoch"])
+    log_metrics(client, producer, {"loss_total": 1.0, "epoch_time_s": 20.0, "eval_time_s": 3.0}, 3)
+    log_metrics(client, producer, {"attempt_wall_s": 66.0}, 1)
+    copy_prefix(client, branch, history, producer, 2, attempt=1)
+    log_metrics(client, branch, {"loss_total": 1.0, "epoch_time_s": 20.0, "eval_time_s": 5.0}, 3)
+    log_metrics(client, branch, {"attempt_wall_s": 25.0}, 1)
+    trials = pd.DataFrame([{"run_id": r, "row": "a", "seed": 0, "status": "FINISHED", "attempts": "1", "cpus_per_trial": "1",
+                            "gpus_per_trial": "0", "reused_from": ""} for r in (producer, branch)])
+    records = trial_compute(client, trials)
+    assert [(r.eval_s, r.prefix_saved_s) for r in records] == [(6.0, 0.0), (5.0, 43.0)]  # 2 x 20 s + 1 + 2 s copied
+    table = compute_table("t_compute", "t", [SimpleNamespace(label="a")], records,
+                          Machine("cpu", 2, "none", "torch", "ray", "mlflow", recorded=True))
+    assert [table.cell("Total", c) for c in ("wall time (s)", EVAL_COLUMN, SAVED_COLUMN)] == ["91", "11", "43"]

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage-path", help=f"Tune results and checkpoints; shared storage on a cluster (default: <cwd>/{DEFAULT_STORAGE})")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for every trial")
     r.add_argument("--log-checkpoints", action="store_true", help="also log each trial's final checkpoint to MLflow")
+    r.add_argument("--no-share-prefix", action="store_true", help="train every trial in full (default: trials that start "
+                                                                  "with the same epochs, e.g. TAL's ATSS warm-up, train "
+                                                                  "them once and branch)")
     r.add_argument("--until-decided", action="store_true", help="train seeds in rounds, only for rows whose claims are "
                                                                 "undecided and still decidable (tood_ablate.sequential)")
     r.add_argument("--max-seeds", type=int, default=12, help="with --until-decided: the most seeds a row gets")
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("publish", help="write a results folder and its index entry from a store (`tood-ablate publish --help`)",
                    add_help=False)
+    sub.add_parser("plan", help="what `run` would train, without training: counts, shared prefixes, time "
+                                "(`tood-ablate plan --help`)", add_help=False)
     sub.add_parser("doctor", help="will a launch work here, and how long will it take? (`tood-ablate doctor --help`)",
                    add_help=False)
     sub.add_parser("slurm", help="write an sbatch script that runs a launch on a Slurm allocation (`tood-ablate slurm --help`)",
@@ -97,7 +102,8 @@ def _options(args: argparse.Namespace) -> LaunchOptions:
         cpus_per_trial=args.cpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
         tracking_uri=args.tracking_uri, name=args.name, storage_path=args.storage_path,
         overrides=dict(parse_override(o) for o in args.overrides), max_failures=args.max_failures, quiet=args.quiet,
-        log_checkpoints=args.log_checkpoints, rerun=args.rerun, rerun_stale=args.rerun_stale)
+        log_checkpoints=args.log_checkpoints, rerun=args.rerun, rerun_stale=args.rerun_stale,
+        share_prefix=not args.no_share_prefix)
 
 
 def _print_status(name: str, storage_path: str | None) -> None:
@@ -126,7 +132,8 @@ def _print_status(name: str, storage_path: str | None) -> None:
 
 # Commands with their own argument parser: the module whose main(argv) runs them.
 REPORT_COMMANDS = {"report": "reports.render", "diagnose": "reports.alignment_diagnostics",
-                   "compare": "reports.compare_recipes", "publish": "reports.publish", "doctor": "orchestration.doctor"}
+                   "compare": "reports.compare_recipes", "publish": "reports.publish", "doctor": "orchestration.doctor",
+                   "plan": "orchestration.plan"}
 
 
 def checked_store_args(argv: list[str]) -> list[str]:
