@@ -142,6 +142,16 @@ def claim_spec(raw: Any, table: str, where: str) -> ClaimSpec:
     return ClaimSpec(shape, float(delta), str(why))
 
 
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; None without the flag; a ConfigError naming ``flag`` otherwise."""
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: got {text!r} (expected comma-separated integers, e.g. 0,1)") from None
+
+
 def check_seeds(seeds: Any, where: str) -> list[int]:
     """A non-empty list of distinct non-negative integers, else a ConfigError naming ``where``."""
     ok = isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)

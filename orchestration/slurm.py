@@ -170,15 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--seeds: got {text!r} (expected comma-separated integers, e.g. 0,1)") from None
-
-
 def _no_blank(flag: str, value: str) -> str:
     """``value`` unless it has whitespace or '%': #SBATCH lines cannot quote, and Slurm expands '%'."""
     if re.search(r"[\s%]", value):
@@ -215,7 +206,7 @@ def _check_resources(args: argparse.Namespace) -> None:
 
 def check(args: argparse.Namespace) -> SlurmJob:
     """The job of ``args``, each input checked before anything is written (ConfigError naming the flag)."""
-    from orchestration.grid import expand_grid
+    from orchestration.grid import expand_grid, parse_seeds
 
     if not NAME.fullmatch(args.name):
         raise ConfigError(f"--name {args.name}: not a plain name (expected letters, digits, '.', '_', '-')")
@@ -227,7 +218,7 @@ def check(args: argparse.Namespace) -> SlurmJob:
     for line in args.setup:
         if "\n" in line:
             raise ConfigError(f"--setup {line!r}: several lines (expected one line; repeat --setup for more)")
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     overrides = dict(parse_override(o) for o in args.overrides)
     grids = [Path(g).resolve() for g in args.grid]
     for grid in grids:  # the whole grid resolves here, not hours later when the job starts

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from orchestration.grid import TrialSpec, expand_grid
+from orchestration.grid import TrialSpec, expand_grid, parse_seeds
 from orchestration.preflight import check_writable
 from orchestration.host import machine
 from orchestration.suite import trial_key
@@ -141,10 +141,7 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, list[TrialSpec], dict[str, 
     if not storage.is_dir():
         raise _Usage(f"--storage {storage}: not a folder (expected a Tune storage folder with trial_*/params.json)")
     try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    except ValueError:
-        raise _Usage(f"--seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)") from None
-    try:
+        seeds = parse_seeds(args.seeds)
         specs = expand_grid(args.grid, profile=args.profile, seeds=seeds, overrides=dict(parse_override(o) for o in args.overrides))
         eval_overrides = dict(parse_override(o) for o in args.eval_set)
     except ConfigError as e:

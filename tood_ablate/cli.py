@@ -8,6 +8,7 @@ import os
 import sys
 from collections import Counter
 
+from orchestration.grid import parse_seeds
 from orchestration.launch import LaunchOptions, launch_status, resume_launch, run_suite, suite_grids
 from orchestration.preflight import DEFAULT_STORAGE
 from tood.config import ConfigError, parse_override
@@ -91,12 +92,7 @@ def _looks(text: str) -> tuple[int, ...]:
 
 
 def _options(args: argparse.Namespace) -> LaunchOptions:
-    seeds = None
-    if args.seeds:
-        try:
-            seeds = [int(s) for s in args.seeds.split(",")]
-        except ValueError:
-            raise ConfigError(f"--seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)") from None
+    seeds = parse_seeds(args.seeds)
     return LaunchOptions(
         profile=args.profile, seeds=seeds, address=args.address, gpus_per_trial=args.gpus_per_trial,
         cpus_per_trial=args.cpus_per_trial, workers_per_trial=args.workers_per_trial, max_concurrent=args.max_concurrent,
