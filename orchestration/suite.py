@@ -37,7 +37,13 @@ def _keyed_config(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``config`` without what never changes a result (see :func:`trial_key`)."""
     cfg = copy.deepcopy(config)
     cfg.pop("name", None)
-    cfg.get("train", {}).pop("workers", None)
+    train = cfg.get("train", {})
+    train.pop("workers", None)
+    if train.get("lr_schedule", "step") == "step":
+        train.pop("lr_schedule", None)  # the default: keys of stores from before the field stay valid
+    else:  # linear / cosine read neither
+        train.pop("lr_steps", None)
+        train.pop("lr_gamma", None)
     data, backbone = cfg.get("data", {}), cfg.get("model", {}).get("backbone", {})
     if data.get("synthetic") is not None:
         data.pop("root", None)
@@ -73,6 +79,8 @@ def trial_key(config: dict[str, Any], memo: dict[tuple[str, str], str] | None = 
     launch starts; a file changed while the launch runs is not seen.
 
     Out: the config's ``name`` and the data-loader ``train.workers`` (neither changes a number),
+    ``train.lr_schedule`` when it is the default ``step`` (keys from before the field stay valid),
+    ``train.lr_steps`` and ``train.lr_gamma`` under a ``linear`` or ``cosine`` schedule (unread),
     the criterion fields the trial's assignment scheme does not read (FCOS's size ranges in an
     ATSS trial; :func:`tood.build.unused_criterion_fields`), and the *paths* of inputs that the
     config itself describes -- ``data.root`` when ``data.synthetic`` gives the generator recipe,
@@ -126,7 +134,8 @@ def prefix_key(config: dict[str, Any], epochs: int, memo: dict[tuple[str, str], 
     then the test section; the criterion phase acting over the prefix (:func:`_prefix_criterion`:
     inside TAL's warm-up its ATSS phase with ``atss_topk`` and ``reg_weight``).
 
-    Out: what :func:`trial_key` leaves out; ``train.epochs``, lr steps at or after ``epochs``,
+    Out: what :func:`trial_key` leaves out; ``train.epochs`` (kept with a ``linear`` or
+    ``cosine`` ``lr_schedule``, whose lr at every iteration depends on it), lr steps at or after ``epochs``,
     ``eval_every`` itself (only the evaluating epochs count); the TAL-only fields ``alpha``,
     ``beta``, ``topk``, ``conflict`` and ``warmup_epochs`` inside the warm-up; the test section
     when no epoch inside the prefix evaluates (evaluation does not change the weights).
@@ -136,7 +145,8 @@ def prefix_key(config: dict[str, Any], epochs: int, memo: dict[tuple[str, str], 
     cfg = _keyed_config(config)
     train = cfg["train"]
     every = max(1, int(train.pop("eval_every", 1) or 1))
-    train.pop("epochs")
+    if "lr_schedule" not in train:  # step: the lr over the prefix does not depend on the length
+        train.pop("epochs")
     steps, gamma = [s for s in train.pop("lr_steps", []) if s < epochs], train.pop("lr_gamma", None)
     if steps:
         train.update(lr_steps=steps, lr_gamma=gamma)

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -8,14 +9,14 @@ from tood.engine import learning_rate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", [None, "proxy", "proxy_long", "smoke", "coco"])
+@pytest.mark.parametrize("profile", [None, "proxy", "proxy_long", "proxy_budget", "smoke", "coco"])
 def test_base_config_loads_with_every_profile(profile):
     cfg = load_config(ROOT / "experiments/base.yaml", profile=profile)
     assert isinstance(cfg, Config)
     # The paper's settings hold unless a profile changes them.
     assert cfg.test.nms_iou == 0.6 and cfg.test.score_thr == 0.05 and cfg.test.max_per_img == 100
     assert (cfg.criterion.topk, cfg.criterion.alpha, cfg.criterion.beta) == (13, 1.0, 6.0)
-    if profile not in ("proxy", "proxy_long", "smoke"):
+    if profile not in ("proxy", "proxy_long", "proxy_budget", "smoke"):
         assert cfg.train.lr == 0.01 and cfg.train.batch_size == 16 and cfg.train.lr_steps == (8, 11)
         assert cfg.data.img_scale == (1333, 800) and cfg.model.backbone.depth == 50
 
@@ -121,3 +122,16 @@ def test_learning_rate_schedule_hand_values():
     assert learning_rate(cfg, 7, 10_000) == pytest.approx(base)
     assert learning_rate(cfg, 8, 10_000) == pytest.approx(base * 0.1)
     assert learning_rate(cfg, 11, 10_000) == pytest.approx(base * 0.01)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_budget_schedules_decay_to_zero_by_hand_values(schedule):
+    cfg = build_config({"train": {"lr": 0.01, "batch_size": 16, "epochs": 4, "warmup_iters": 10, "warmup_ratio": 0.0,
+                                  "lr_schedule": schedule, "lr_steps": [1, 2]}}, "x")
+    shape = {"linear": lambda p: 1 - p, "cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p))}[schedule]
+    # progress = (epoch + fraction) / epochs; lr_steps do not act
+    assert learning_rate(cfg, 0, 5, 0.25) == pytest.approx(0.01 * 0.5 * shape(0.0625))  # inside the warm-up
+    assert learning_rate(cfg, 1, 100) == pytest.approx(0.01 * shape(0.25))
+    assert learning_rate(cfg, 2, 150, 0.5) == pytest.approx(0.01 * shape(0.625))
+    assert learning_rate(cfg, 3, 200, 1.0) == pytest.approx(0.0, abs=1e-12)
+    assert shape(0.25) == pytest.approx({"linear": 0.75, "cosine": 0.8535534}[schedule])

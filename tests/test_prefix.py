@@ -171,6 +171,30 @@ def test_prefix_key_changes_with_prefix_values_and_not_with_later_ones():
     assert prefix_key(with_eval, 3) != prefix_key(cfg, 3)
 
 
+def test_a_budget_schedule_keys_the_length_and_not_the_unread_steps():
+    """Under linear / cosine the lr of every iteration depends on train.epochs, so the prefix key
+    sees the length; lr_steps and lr_gamma are not read, so neither key sees them; the default
+    step schedule leaves both keys as they were before the field existed."""
+    cfg = expand_grid(SMOKE, seeds=[0])[1].config
+    cfg["train"].update(epochs=6, lr_steps=[4, 5])
+    cfg["criterion"]["warmup_epochs"] = 3
+    step = copy.deepcopy(cfg)
+    step["train"]["lr_schedule"] = "step"
+    no_field = copy.deepcopy(cfg)
+    no_field["train"].pop("lr_schedule", None)
+    assert trial_key(step) == trial_key(no_field) and prefix_key(step, 3) == prefix_key(no_field, 3)
+    for schedule in ("linear", "cosine"):
+        budget = copy.deepcopy(cfg)
+        budget["train"]["lr_schedule"] = schedule
+        longer = copy.deepcopy(budget)
+        longer["train"]["epochs"] = 9
+        assert prefix_key(longer, 3) != prefix_key(budget, 3) != prefix_key(step, 3)
+        other_steps = copy.deepcopy(budget)
+        other_steps["train"].update(lr_steps=[2], lr_gamma=0.5)
+        assert trial_key(other_steps) == trial_key(budget) != trial_key(step)
+        assert prefix_key(other_steps, 3) == prefix_key(budget, 3)
+
+
 def test_one_prefix_key_means_one_built_criterion_over_the_prefix():
     """Every pair of the suite's trainings with one prefix key builds criteria whose phases over
     the prefix are equal field by field (assigner settings included), and every distinct phase

@@ -8,6 +8,7 @@ neither.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -53,16 +54,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def learning_rate(cfg: Config, epoch: int, iteration: int) -> float:
-    """lr at a global ``iteration`` in (0-based) ``epoch``.
+def learning_rate(cfg: Config, epoch: int, iteration: int, fraction: float = 0.0) -> float:
+    """lr at a global ``iteration``, ``fraction`` of the way through (0-based) ``epoch``.
 
     Linear scaling rule: ``lr * batch / base_batch`` (the paper's 0.01 is for 16
-    images); linear warm-up over ``warmup_iters`` from ``warmup_ratio``; x ``lr_gamma``
-    at each epoch in ``lr_steps`` (epoch counts, as mmdet's ``step=[8, 11]``).
+    images); linear warm-up over ``warmup_iters`` from ``warmup_ratio``; then, per
+    ``lr_schedule``: ``step`` multiplies by ``lr_gamma`` at each epoch in ``lr_steps``
+    (epoch counts, as mmdet's ``step=[8, 11]``); ``linear`` decays to zero at the end of
+    training and ``cosine`` follows half a cosine to zero (the budget-aware schedules of
+    Li, Yumer and Ramanan, ICLR 2020), both per iteration and ignoring ``lr_steps``.
     """
     t = cfg.train
     lr = t.lr * t.batch_size / t.base_batch_size
-    lr *= t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
+    progress = min(1.0, (epoch + fraction) / t.epochs)
+    if t.lr_schedule == "linear":
+        lr *= 1.0 - progress
+    elif t.lr_schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        lr *= t.lr_gamma ** sum(epoch >= s for s in t.lr_steps)
     if iteration < t.warmup_iters:
         lr *= t.warmup_ratio + (1 - t.warmup_ratio) * iteration / t.warmup_iters
     return lr
@@ -144,9 +154,9 @@ def _restore(s: _Setup, resume_from: Path | None) -> tuple[int, int, list[dict[s
     return state["epoch"], state["iteration"], state["history"]
 
 
-def _step(s: _Setup, cfg: Config, batch: Any, epoch: int, iteration: int) -> dict[str, torch.Tensor]:
-    """One optimisation step on ``batch``; returns the detached loss terms."""
-    lr = learning_rate(cfg, epoch, iteration)
+def _step(s: _Setup, cfg: Config, batch: Any, epoch: int, iteration: int, fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """One optimisation step on ``batch``, ``fraction`` of the way through ``epoch``; returns the detached loss terms."""
+    lr = learning_rate(cfg, epoch, iteration, fraction)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     batch = batch.to(s.device)
@@ -176,8 +186,8 @@ def _train_epoch(s: _Setup, cfg: Config, loader: Any, epoch: int, iteration: int
     for i, batch in enumerate(loader):
         if i >= n_iter:
             break
-        lr = learning_rate(cfg, epoch, iteration)
-        terms = _step(s, cfg, batch, epoch, iteration)
+        lr = learning_rate(cfg, epoch, iteration, i / n_iter)
+        terms = _step(s, cfg, batch, epoch, iteration, i / n_iter)
         iteration += 1
         n_images += batch.images.shape[0]
         for k, v in terms.items():

@@ -87,8 +87,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
-    lr_steps: tuple[int, ...] = (8, 11)
-    lr_gamma: float = 0.1
+    lr_schedule: Literal["step", "linear", "cosine"] = "step"  # linear / cosine: to zero at the last iteration
+    lr_steps: tuple[int, ...] = (8, 11)  # step only
+    lr_gamma: float = 0.1  # step only
     grad_clip: float | None = None
     amp: Literal["off", "bf16", "fp16"] = "off"
     seed: int = 0
