@@ -69,6 +69,16 @@ def counts(lines: list[TrialLine]) -> str:
     return ", ".join(f"{sum(l.state == s for l in lines)} {s}" for s in order if any(l.state == s for l in lines))
 
 
+def dispatch_gap(started: dict[str, float], ended: dict[str, float], slots: int) -> float:
+    """Mean seconds a slot stays idle between one trial's end and the next trial's start (Tune
+    processing the result, the actor of the next trial starting): the k-th start after the first
+    ``slots`` ones took the slot the k-th end freed, as Tune starts waiting trials in order.
+    0.0 before a trial has started on a freed slot."""
+    starts, ends = sorted(started.values())[slots:], sorted(ended.values())
+    gaps = [s - e for s, e in zip(starts, ends) if s >= e]
+    return sum(gaps) / len(gaps) if gaps else 0.0
+
+
 def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None = None,
                 ended: dict[str, float] | None = None, now: float | None = None) -> float | None:
     """Seconds until the last of ``trials`` ends, None before one finished. Each trial takes its
@@ -77,7 +87,9 @@ def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None =
     Tune's ``time_total_s``). A running trial needs that less the time it has run (without a
     start time: its share of epochs left); the waiting ones (pending, or stopped by an
     interrupt) then take, in order, whichever of the ``slots`` concurrent slots frees first, as
-    Tune starts them. Unlike cost / slots, this keeps a lone long trial at the tail whole."""
+    Tune starts them, each after the measured :func:`dispatch_gap` (seconds on a short trial of
+    the smoke profile, where leaving it out made the ETA ~45% short). Unlike cost / slots, this
+    keeps a lone long trial at the tail whole."""
     started, ended = started or {}, ended or {}
     now = time.monotonic() if now is None else now
     done, running, waiting = [], [], []
@@ -102,9 +114,10 @@ def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None =
     rate = sum(s for s, _ in done) / max(sum(c for _, c in done), 1e-9)  # seconds per cost unit
     free = [max(0.0, rate * cost - ran) for cost, ran in running]  # seconds until each slot is free
     free += [0.0] * max(0, slots - len(free))
+    gap = dispatch_gap(started, ended, slots)
     for cost in waiting:
         i = free.index(min(free))
-        free[i] += rate * cost
+        free[i] += gap + rate * cost
     return max(free, default=0.0)
 
 
