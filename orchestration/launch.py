@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestration.payload import TrialPayload
 from orchestration.preflight import storage_root
 from orchestration.tuner import make_tuner, ray_runtime, restore_tuner, set_log_level
 from tood.config import ConfigError
@@ -111,8 +112,7 @@ def _fit(build: Callable[[], Any], client, info: dict) -> LaunchResult:
     errors = {}
     for r in results:
         if r.error is not None:
-            trial = r.config["trial"]
-            for rid in [trial["run_id"], *trial.get("alias_run_ids", [])]:
+            for rid in TrialPayload.of(r.config["trial"]).run_ids:
                 errors[rid] = ANSI.sub("", f"{type(r.error).__name__}: {r.error}")
     return _finish(client, info, errors)
 
@@ -134,10 +134,10 @@ def _finish(client, info: dict, errors: dict[str, str]) -> LaunchResult:
     from orchestration.tracking import copy_result, reconcile, retry
 
     trials_file = Path(info["path"]) / TRIALS_FILE
-    for trial in json.loads(trials_file.read_text()) if trials_file.exists() else []:
-        if trial.get("alias_run_ids") and retry(client.get_run, trial["run_id"]).info.status == "FINISHED":
-            for alias in trial["alias_run_ids"]:
-                copy_result(client, trial["run_id"], alias)
+    for trial in map(TrialPayload.of, json.loads(trials_file.read_text()) if trials_file.exists() else []):
+        if trial.alias_run_ids and retry(client.get_run, trial.run_id).info.status == "FINISHED":
+            for alias in trial.alias_run_ids:
+                copy_result(client, trial.run_id, alias)
     counts: dict[str, int] = {}
     for parent in _parents(info):
         for status, n in reconcile(client, parent, errors).items():
@@ -235,19 +235,19 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
             reused += sum(copy_result(client, reusable[t.key].info.run_id, rid) for rid in runs)
             continue
         spec = specs[t.primary[0]][t.primary[1]]
-        trials.append({**asdict(spec), "name": f"{spec.study}/{spec.name}" if suite else spec.name, "key": t.key,
-                       "cost": t.cost, "run_id": runs[0], "alias_run_ids": runs[1:], "tracking_uri": tracking_uri,
-                       "storage": str(path), "workers": workers, "cpus_per_worker": opts.cpus_per_trial,
-                       "gpus_per_worker": opts.gpus_per_trial, "max_failures": opts.max_failures,
-                       "log_checkpoints": opts.log_checkpoints, "fail_once_at_epoch": fault_plan(spec.name),
-                       "reuse": reuse_policy(opts), "prefix": trial_prefix(t, groups, path)})
+        trials.append(TrialPayload(**{**asdict(spec), "name": f"{spec.study}/{spec.name}" if suite else spec.name},
+                                   key=t.key, cost=t.cost, run_id=runs[0], alias_run_ids=runs[1:], tracking_uri=tracking_uri,
+                                   storage=str(path), workers=workers, cpus_per_worker=opts.cpus_per_trial,
+                                   gpus_per_worker=opts.gpus_per_trial, max_failures=opts.max_failures,
+                                   log_checkpoints=opts.log_checkpoints, fail_once_at_epoch=fault_plan(spec.name),
+                                   reuse=reuse_policy(opts), prefix=trial_prefix(t, groups, path)))
     needed = sum(len(ss) for ss in specs)
     info = {"name": name, "path": str(path), "study": launched[0]["study"], "grid": launched[0]["grid"],
             "parent_run_id": launched[0]["parent_run_id"], "studies": launched, "tracking_uri": tracking_uri,
             "trials": len(trials), "trainings": {"without_dedup": needed, "unique": len(unique), "reused_runs": reused,
                                                    "to_train": len(trials), **prefix_counts(groups)}, "options": asdict(opts)}
     path.mkdir(parents=True, exist_ok=True)
-    (path / TRIALS_FILE).write_text(json.dumps(trials))
+    (path / TRIALS_FILE).write_text(json.dumps([t.as_dict() for t in trials]))
     (path / LAUNCH_FILE).write_text(json.dumps(info, indent=2))
     if not opts.quiet:
         print(f"tood-ablate: {', '.join(studies)} as '{name}' (storage {path}); MLflow {tracking_uri}\n"
@@ -294,7 +294,7 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     client = MlflowClient(info["tracking_uri"])
     for parent in _parents(info):
         reopen_parent(client, parent)
-    trials = json.loads((path / TRIALS_FILE).read_text())
+    trials = [TrialPayload.of(t) for t in json.loads((path / TRIALS_FILE).read_text())]
     if not opts.rerun:
         reused = reuse_finished_elsewhere(client, trials, fresh_only=opts.rerun_stale)
         if reused and not opts.quiet:
@@ -311,7 +311,7 @@ def reuse_policy(opts: LaunchOptions) -> str:
     return "none" if opts.rerun else "fresh" if opts.rerun_stale else "any"
 
 
-def reuse_finished_elsewhere(client, trials: list[dict], fresh_only: bool = False) -> int:
+def reuse_finished_elsewhere(client, trials: list[TrialPayload], fresh_only: bool = False) -> int:
     """Fill the runs of each trial of an interrupted launch that has not started (no attempt)
     from a run of the same key that another launch of the store finished since, as a new
     launch would (``fresh_only``: not one trained by other code, as with ``--rerun-stale``); the
@@ -321,9 +321,9 @@ def reuse_finished_elsewhere(client, trials: list[dict], fresh_only: bool = Fals
 
     unstarted = {}
     for t in trials:
-        run = retry(client.get_run, t["run_id"])
+        run = retry(client.get_run, t.run_id)
         if run.info.status != "FINISHED" and run.data.tags.get(ATTEMPTS_TAG, "0") == "0":
-            unstarted[t["key"]] = t
+            unstarted[t.key] = t
     from orchestration.provenance import stale_keys
 
     filled = 0
@@ -331,8 +331,7 @@ def reuse_finished_elsewhere(client, trials: list[dict], fresh_only: bool = Fals
     for key in stale_keys(finished) if fresh_only else ():
         finished.pop(key)
     for key, source in finished.items():
-        t = unstarted[key]
-        for rid in (t["run_id"], *t["alias_run_ids"]):
+        for rid in unstarted[key].run_ids:
             copy_result(client, source.info.run_id, rid)
         filled += 1
     return filled

@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration import tracking
+from orchestration.payload import TrialPayload
 from orchestration.provenance import code_fingerprint, staleness
 from orchestration.schema import LEASE_EXPERIMENT_PREFIX, WAITED_TAG
 
@@ -209,15 +210,15 @@ def reusable_source(client: MlflowClient, key: str, policy: str) -> str | None:
     return run.info.run_id
 
 
-def claim(client: MlflowClient, trial: dict[str, Any], ttl_s: float = TTL_S, heartbeat_s: float = HEARTBEAT_S,
+def claim(client: MlflowClient, trial: TrialPayload, ttl_s: float = TTL_S, heartbeat_s: float = HEARTBEAT_S,
           wait_s: float | None = None) -> Lease | None:
-    """Take the lease of ``trial['key']`` before it trains (``trial``: as built by
-    ``orchestration.launch``: key, run_id, alias_run_ids, storage, reuse). Returns the held lease,
+    """Take the lease of ``trial.key`` before it trains (it reads key, run_id, alias_run_ids,
+    storage and reuse). Returns the held lease,
     or None when a finished run of the key was copied into the trial's runs instead (one that
     finished meanwhile, or the one the trial waited for). Raises :class:`LeaseWaitTimeout` after
     ``wait_s`` (default ``$TOOD_LEASE_WAIT_S``, else :data:`WAIT_S`) of waiting."""
-    key, run_id, policy = trial["key"], trial["run_id"], trial.get("reuse", "any")
-    holder, watch = Holder(run_id, Path(trial["storage"]).name), Watch()
+    key, run_id, policy = trial.key, trial.run_id, trial.reuse
+    holder, watch = Holder(run_id, Path(trial.storage).name), Watch()
     limit = float(os.environ.get(WAIT_ENV, WAIT_S)) if wait_s is None else wait_s
     t0, delay, waiting_for = time.monotonic(), 1.0, None
     while True:
@@ -242,7 +243,7 @@ def claim(client: MlflowClient, trial: dict[str, Any], ttl_s: float = TTL_S, hea
                 continue
         if waiting_for:
             tracking.retry(client.set_tag, run_id, WAITED_TAG, f"{waiting_for} ({time.monotonic() - t0:.0f} s)")
-        for rid in (run_id, *trial.get("alias_run_ids", [])):
+        for rid in trial.run_ids:
             tracking.copy_result(client, source, rid)
         return None
 

@@ -1,7 +1,7 @@
 """Shared prefixes at run time: trials whose first epochs are the same (one prefix key,
 ``orchestration.suite.prefix_key``) train them once; the others branch from its checkpoint.
 
-The driver (:func:`plan_sharing`) puts ``trial["prefix"]`` = {key, epochs, dir, found} on every
+The driver (:func:`plan_sharing`) puts ``prefix`` = {key, epochs, dir, found} on the payload of every
 trial of a shared prefix. A trial of the launch then (:meth:`Sharing.acquire`, before training):
 
 * branches from the published checkpoint when it exists: its weights, optimizer, scaler, RNG
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestration import tracking
+from orchestration.payload import TrialPayload
 from tood.cache import exclusive
 
 LEASE_TTL_S = 60.0  # a lease not renewed for this long is free (its holder died)
@@ -70,12 +71,12 @@ class Sharing:
     _beat: threading.Event | None = None
 
     @classmethod
-    def of(cls, trial: dict[str, Any], client: Any) -> Sharing | None:
-        spec = trial.get("prefix")
+    def of(cls, trial: TrialPayload, client: Any) -> Sharing | None:
+        spec = trial.prefix
         if not spec:
             return None
         return cls(spec["key"], int(spec["epochs"]), Path(spec["dir"]), Path(spec["found"]) if spec.get("found") else None,
-                   trial["run_id"], client)
+                   trial.run_id, client)
 
     @property
     def published(self) -> Path:
@@ -190,7 +191,7 @@ def plan_sharing(client: Any, trials: list, specs_per_study: list[list[Any]], sh
 
 
 def trial_prefix(trial: Any, groups: dict, storage: Path) -> dict[str, Any] | None:
-    """``trial["prefix"]`` of a :class:`orchestration.suite.UniqueTrial` (None: shares nothing)."""
+    """The payload's ``prefix`` of a :class:`orchestration.suite.UniqueTrial` (None: shares nothing)."""
     group = groups.get(trial.prefix)
     if group is None:
         return None

@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestration.payload import TrialPayload
+
 MODE_ENV = "TOOD_ABLATE_PROGRESS"
 STATES = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending", "TERMINATED": "done", "ERROR": "failed"}
 
@@ -48,11 +50,11 @@ def trial_line(trial: Any) -> TrialLine:
     result = trial.last_result or {}
     ap = result.get("AP", result.get("epoch_AP"))
     epoch = result.get("epoch")
-    spec = trial.config.get("trial", {})
+    spec = TrialPayload.of(trial.config["trial"])
     return TrialLine(
-        name=spec.get("name", str(trial)), state=_state(trial),
+        name=spec.name, state=_state(trial),
         epoch=int(epoch) if epoch is not None else None, ap=None if ap is None or math.isnan(ap) else float(ap),
-        retries=int(getattr(trial, "num_failures", 0)), epochs=spec.get("config", {}).get("train", {}).get("epochs"),
+        retries=int(getattr(trial, "num_failures", 0)), epochs=spec.epochs,
     )
 
 
@@ -82,7 +84,7 @@ def dispatch_gap(started: dict[str, float], ended: dict[str, float], slots: int)
 def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None = None,
                 ended: dict[str, float] | None = None, now: float | None = None) -> float | None:
     """Seconds until the last of ``trials`` ends, None before one finished. Each trial takes its
-    estimated cost (``trial['cost']``) times the seconds per cost unit measured on the finished
+    estimated cost (the payload's ``cost``) times the seconds per cost unit measured on the finished
     ones (their wall time from ``started`` to ``ended``, monotonic seconds by trial id, else
     Tune's ``time_total_s``). A running trial needs that less the time it has run (without a
     start time: its share of epochs left); the waiting ones (pending, or stopped by an
@@ -94,8 +96,8 @@ def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None =
     now = time.monotonic() if now is None else now
     done, running, waiting = [], [], []
     for t in trials:
-        spec, result, tid = t.config.get("trial", {}), t.last_result or {}, getattr(t, "trial_id", None)
-        cost = float(spec.get("cost", 1.0))
+        spec, result, tid = TrialPayload.of(t.config["trial"]), t.last_result or {}, getattr(t, "trial_id", None)
+        cost = spec.cost
         if finished(t):
             seconds = ended[tid] - started[tid] if tid in started and tid in ended else result.get("time_total_s")
             if "already_finished" not in result and seconds:
@@ -103,8 +105,7 @@ def eta_seconds(trials: list, slots: int = 1, started: dict[str, float] | None =
             continue
         if t.status == "ERROR":
             continue
-        epochs = spec.get("config", {}).get("train", {}).get("epochs") or 1
-        left = cost * (1 - min(float(result.get("epoch", 0)), epochs) / epochs)
+        left = cost * (1 - min(float(result.get("epoch", 0)), spec.epochs) / spec.epochs)
         if t.status == "RUNNING":
             running.append((cost, now - started[tid]) if tid in started else (left, 0.0))
         else:

@@ -1,8 +1,8 @@
 """The Ray Tune trainable: one trial = one ``tood.engine.train`` run tracked in its own MLflow run.
 
-``config["trial"]`` (built by ``orchestration.launch``) holds the resolved tood config,
-the MLflow run id the driver created for the trial, the tracking URI and the launch's
-storage folder. One worker: training runs in the trial process; every epoch's
+``config["trial"]`` (an :class:`orchestration.payload.TrialPayload` built by
+``orchestration.launch``) holds the resolved tood config, the MLflow run id the driver created
+for the trial, the tracking URI and the launch's storage folder. One worker: training runs in the trial process; every epoch's
 checkpoint goes to Tune with ``tune.report``, and a retried trial restores it with
 ``tune.get_checkpoint()``. Several workers: the trial drives a Ray Train ``TorchTrainer``
 whose workers all call ``train()`` under a torch process group (DDP); rank 0 checkpoints
@@ -31,6 +31,7 @@ from ray import tune
 from orchestration import tracking
 from orchestration.host import host_tag
 from orchestration.lease import claim
+from orchestration.payload import TrialPayload
 from orchestration.prefix import Sharing
 from orchestration.provenance import code_fingerprint
 from orchestration.schema import CPUS_TAG, GPUS_TAG, HOST_TAG
@@ -72,7 +73,7 @@ class PermanentErrors(tune.Callback):
     trial starts again, e.g. on resume after the data were fixed)."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        trial.max_failures = int(trial.config["trial"]["max_failures"])
+        trial.max_failures = TrialPayload.of(trial.config["trial"]).max_failures
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get(PERMANENT_KEY):
@@ -89,17 +90,17 @@ def fault_plan(name: str) -> int | None:
     return int(at) if at and only in name else None
 
 
-def _maybe_fail(trial: dict[str, Any], epoch: int) -> None:
-    """Fail once after epoch ``trial['fail_once_at_epoch']``; a marker file in the launch's
+def _maybe_fail(trial: TrialPayload, epoch: int) -> None:
+    """Fail once after epoch ``trial.fail_once_at_epoch``; a marker file in the launch's
     storage folder makes the retry go through."""
-    if trial.get("fail_once_at_epoch") != epoch:
+    if trial.fail_once_at_epoch != epoch:
         return
-    marker = Path(trial["storage"]) / "faults" / trial["run_id"]
+    marker = Path(trial.storage) / "faults" / trial.run_id
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(str(epoch))
-    raise InjectedFault(f"injected fault after epoch {epoch} of {trial['name']} ({FAIL_ONCE_ENV})")
+    raise InjectedFault(f"injected fault after epoch {epoch} of {trial.name} ({FAIL_ONCE_ENV})")
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -128,20 +129,20 @@ def _restored_epoch() -> int:
         return int(json.loads((Path(d) / STATE_FILE).read_text())["epoch"])
 
 
-def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path, sharing: Sharing | None = None,
+def _train_in_process(trial: TrialPayload, client: MlflowClient, work: Path, sharing: Sharing | None = None,
                       start: Path | None = None) -> tuple[dict[str, float], Path | None]:
     """Train in this process with Tune checkpoints; returns (final metrics, checkpoint). ``start``:
     a shared prefix's checkpoint ahead of the trial's own, to branch from (``sharing.acquire``)."""
     from tood.engine import train
 
-    cfg = build_config(trial["config"], f"trial {trial['name']}")
+    cfg = build_config(trial.config, f"trial {trial.name}")
     resume = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             shutil.copy(Path(d) / "last.pt", work / "last.pt")
             epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
-        tracking.retry(client.set_tag, trial["run_id"], "tood.resumed_from_epoch", str(epoch))
+        tracking.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
         resume = True
     if start is not None:
         resume = start
@@ -154,12 +155,12 @@ def _train_in_process(trial: dict[str, Any], client: MlflowClient, work: Path, s
                 slim_checkpoint(end.checkpoint, Path(d) / "last.pt")
             else:
                 shutil.copy(end.checkpoint, Path(d) / "last.pt")
-            (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial["run_id"]}))
+            (Path(d) / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial.run_id}))
             tune.report(_floats(end.metrics), checkpoint=tune.Checkpoint.from_directory(d))
         _maybe_fail(trial, end.epoch)
 
-    result = train(cfg, work, resume=resume, log=_mlflow_log(client, trial["run_id"]), on_epoch_end=on_epoch_end,
-                   extra_state={"mlflow_run_id": trial["run_id"]}, progress=False)
+    result = train(cfg, work, resume=resume, log=_mlflow_log(client, trial.run_id), on_epoch_end=on_epoch_end,
+                   extra_state={"mlflow_run_id": trial.run_id}, progress=False)
     return _floats(result.metrics), result.checkpoint
 
 
@@ -183,42 +184,42 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
     from tood.engine import train
 
-    trial, work = config["trial"], Path(config["work_dir"])
+    trial, work = TrialPayload.of(config["trial"]), Path(config["work_dir"])
     rank = ray.train.get_context().get_world_rank()
-    torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
+    torch.set_num_threads(max(1, int(trial.cpus_per_worker)))
     if torch.cuda.is_available():
         torch.cuda.set_device(ray.train.torch.get_device())  # train() uses the current device
-    cfg = build_config(trial["config"], f"trial {trial['name']}")
-    log = _mlflow_log(MlflowClient(trial["tracking_uri"]), trial["run_id"]) if rank == 0 else None
+    cfg = build_config(trial.config, f"trial {trial.name}")
+    log = _mlflow_log(MlflowClient(trial.tracking_uri), trial.run_id) if rank == 0 else None
 
     def on_epoch_end(end) -> None:  # called on rank 0 only
-        (work / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial["run_id"]}))
+        (work / STATE_FILE).write_text(json.dumps({"epoch": end.epoch, "run_id": trial.run_id}))
         _maybe_fail(trial, end.epoch)
 
     result = train(cfg, work, resume=True, log=log, on_epoch_end=on_epoch_end,
-                   extra_state={"mlflow_run_id": trial["run_id"]}, progress=False)
+                   extra_state={"mlflow_run_id": trial.run_id}, progress=False)
     if rank == 0:
         (work / "final_metrics.json").write_text(json.dumps(_floats(result.metrics)))
 
 
-def _train_data_parallel(trial: dict[str, Any], client: MlflowClient, work: Path, attempt: int) -> tuple[dict[str, float], Path | None]:
-    """Drive a TorchTrainer of ``trial['workers']`` workers (gloo on CPU, nccl on GPU)."""
+def _train_data_parallel(trial: TrialPayload, client: MlflowClient, work: Path, attempt: int) -> tuple[dict[str, float], Path | None]:
+    """Drive a TorchTrainer of ``trial.workers`` workers (gloo on CPU, nccl on GPU)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     (work / "final_metrics.json").unlink(missing_ok=True)
     if (work / STATE_FILE).exists():
         epoch = json.loads((work / STATE_FILE).read_text())["epoch"]
-        tracking.retry(client.set_tag, trial["run_id"], "tood.resumed_from_epoch", str(epoch))
-    use_gpu = trial["gpus_per_worker"] > 0
-    resources = {"CPU": trial["cpus_per_worker"], **({"GPU": trial["gpus_per_worker"]} if use_gpu else {})}
+        tracking.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
+    use_gpu = trial.gpus_per_worker > 0
+    resources = {"CPU": trial.cpus_per_worker, **({"GPU": trial.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"trial": trial, "work_dir": str(work)},
-        scaling_config=ScalingConfig(num_workers=trial["workers"], use_gpu=use_gpu, resources_per_worker=resources),
+        train_loop_config={"trial": trial.as_dict(), "work_dir": str(work)},
+        scaling_config=ScalingConfig(num_workers=trial.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         # Retries belong to Tune (one failure budget per trial); a retry resumes from work/last.pt.
-        run_config=RunConfig(name=f"{trial['run_id']}-attempt{attempt}", storage_path=str(Path(trial["storage"]) / "train"),
+        run_config=RunConfig(name=f"{trial.run_id}-attempt{attempt}", storage_path=str(Path(trial.storage) / "train"),
                              failure_config=FailureConfig(max_failures=0)),
     )
     trainer.fit()
@@ -226,19 +227,19 @@ def _train_data_parallel(trial: dict[str, Any], client: MlflowClient, work: Path
     return json.loads((work / "final_metrics.json").read_text()), checkpoint if checkpoint.exists() else None
 
 
-def _log_attempt(client: MlflowClient, trial: dict[str, Any], number: int, t0: float) -> None:
+def _log_attempt(client: MlflowClient, trial: TrialPayload, number: int, t0: float) -> None:
     """Wall time of this attempt (failed ones too: the compute report counts them) and the
     resources it held, for the report's compute accounting."""
-    tracking.log_metrics(client, trial["run_id"], {"attempt_wall_s": time.monotonic() - t0}, step=number)
-    for tag, name in ((CPUS_TAG, "cpus"), (GPUS_TAG, "gpus")):
-        tracking.retry(client.set_tag, trial["run_id"], tag, str(trial[f"{name}_per_worker"] * trial["workers"]))
-    tracking.retry(client.set_tag, trial["run_id"], HOST_TAG, host_tag())
+    tracking.log_metrics(client, trial.run_id, {"attempt_wall_s": time.monotonic() - t0}, step=number)
+    for tag, per_worker in ((CPUS_TAG, trial.cpus_per_worker), (GPUS_TAG, trial.gpus_per_worker)):
+        tracking.retry(client.set_tag, trial.run_id, tag, str(per_worker * trial.workers))
+    tracking.retry(client.set_tag, trial.run_id, HOST_TAG, host_tag())
 
 
-def _fill_aliases(client: MlflowClient, trial: dict[str, Any]) -> None:
+def _fill_aliases(client: MlflowClient, trial: TrialPayload) -> None:
     """Other studies' child runs of the same key read this trial's result (see orchestration.suite)."""
-    for alias in trial.get("alias_run_ids", []):
-        tracking.copy_result(client, trial["run_id"], alias)
+    for alias in trial.alias_run_ids:
+        tracking.copy_result(client, trial.run_id, alias)
 
 
 def _record_code(client: MlflowClient, run_id: str) -> None:
@@ -250,9 +251,9 @@ def _record_code(client: MlflowClient, run_id: str) -> None:
 
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable of one grid trial (see module docstring)."""
-    trial = config["trial"]
-    run_id = trial["run_id"]
-    client = MlflowClient(trial["tracking_uri"])
+    trial = TrialPayload.of(config["trial"])
+    run_id = trial.run_id
+    client = MlflowClient(trial.tracking_uri)
     attempt = tracking.start_attempt(client, run_id)
     if attempt.finished:  # finished before the launch was interrupted: report, do not re-run
         _fill_aliases(client, trial)
@@ -265,10 +266,10 @@ def run_trial(config: dict[str, Any]) -> None:
     _record_code(client, run_id)
     outcome = "retry"  # what the lease is closed with: an attempt killed or retried keeps it
     t0 = time.monotonic()
-    torch.set_num_threads(max(1, int(trial["cpus_per_worker"])))
-    parallel = trial["workers"] > 1
+    torch.set_num_threads(max(1, int(trial.cpus_per_worker)))
+    parallel = trial.workers > 1
     # Data parallel: rank 0 checkpoints where every retry (on any node) finds it: shared storage.
-    work = Path(trial["storage"]) / "work" / run_id if parallel else Path(tempfile.mkdtemp(prefix="tood-trial-"))
+    work = Path(trial.storage) / "work" / run_id if parallel else Path(tempfile.mkdtemp(prefix="tood-trial-"))
     work.mkdir(parents=True, exist_ok=True)
     sharing = None if parallel else Sharing.of(trial, client)  # a prefix shared with other trials (orchestration.prefix)
     try:
@@ -280,15 +281,15 @@ def run_trial(config: dict[str, Any]) -> None:
             t0 = time.monotonic()  # the wait for a shared prefix is not training time (prefix_wait_s)
             metrics, checkpoint = _train_in_process(trial, client, work, sharing, start)
         _log_attempt(client, trial, attempt.number, t0)
-        tracking.finish_trial(client, run_id, trial["config"], metrics, step=trial["config"]["train"]["epochs"],
-                              checkpoint=checkpoint if trial.get("log_checkpoints") else None)
+        tracking.finish_trial(client, run_id, trial.config, metrics, step=trial.epochs,
+                              checkpoint=checkpoint if trial.log_checkpoints else None)
         _fill_aliases(client, trial)
         outcome = "finished"
         if parallel and checkpoint is not None:
             slim_checkpoint(checkpoint, checkpoint)
     except Exception as e:
         _log_attempt(client, trial, attempt.number, t0)
-        cause, budget = permanent_cause(e), trial["max_failures"]
+        cause, budget = permanent_cause(e), trial.max_failures
         final = cause is not None or 0 <= budget < attempt.number
         outcome = "failed" if final else "retry"
         tracking.record_error(client, run_id, cause or e, final=final)

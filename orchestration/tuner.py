@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from orchestration.payload import TrialPayload
+
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune then prints nothing; progress.py draws the table
 
@@ -108,7 +110,7 @@ def _loopback_only() -> None:
 
 
 def trial_name(trial: Any) -> str:
-    return trial.config["trial"]["name"]
+    return TrialPayload.of(trial.config["trial"]).name
 
 
 def trial_dirname(trial: Any) -> str:
@@ -144,7 +146,7 @@ def max_concurrent(requested: int, workers: int, cpus: float, gpus: float) -> in
     return max(1, math.floor(min(fits))) if fits else None
 
 
-def make_tuner(trials: list[dict], path: Path, opts: Any, title: str):
+def make_tuner(trials: list[TrialPayload], path: Path, opts: Any, title: str):
     """A Tuner over ``trials`` (one grid_search entry each) storing into ``path``."""
     from ray import tune
 
@@ -154,7 +156,7 @@ def make_tuner(trials: list[dict], path: Path, opts: Any, title: str):
     workers = max(1, opts.workers_per_trial)
     return tune.Tuner(
         trainable(workers, opts.cpus_per_trial, opts.gpus_per_trial),
-        param_space={"trial": tune.grid_search(trials)},
+        param_space={"trial": tune.grid_search([t.as_dict() for t in trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=max_concurrent(opts.max_concurrent, workers, opts.cpus_per_trial, opts.gpus_per_trial),
             reuse_actors=False, trial_name_creator=trial_name, trial_dirname_creator=trial_dirname),
@@ -167,7 +169,7 @@ def make_tuner(trials: list[dict], path: Path, opts: Any, title: str):
     )
 
 
-def restore_tuner(path: Path, trials: list[dict], opts: Any, title: str):
+def restore_tuner(path: Path, trials: list[TrialPayload], opts: Any, title: str):
     """The Tuner of an interrupted launch: errored and unfinished trials continue from their
     checkpoints; if Tune saved no state before the interruption, the same trials start again."""
     from ray import tune

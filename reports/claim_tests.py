@@ -1,22 +1,7 @@
 """The test that decides each of the paper's claims, run in rounds of seeds with as few trainings as it can.
 
-``d`` is a claim's paired differences, row minus reference per seed in the metric's units (AP
-points, PCC, counts), in the order the seeds trained (seed 0, 1, 2, ...). Every test is
-one-sided at a level ``a`` (0 < a < 0.5), with a verdict in reports.stats' words:
-
-- GREATER "A > B" / LESS "A < B": one-sided paired t test of mean(d) > 0 (< 0). Disagrees when
-  the one-sided test the other way rejects at the same level.
-- MARGIN "A beats B by at least delta": minimum-effect test, H0 mean(d) <= delta against
-  H1 mean(d) > delta (one-sided t on d - delta). Disagrees when mean(d) < delta is shown (the gain
-  is smaller than delta). delta < 0 reads "A is not worse than B by more than |delta|"
-  (non-inferiority). Where lower is better (#error), make B the row and A the reference.
-- WITHIN "A within ±delta of B": TOST, two one-sided tests at level a (p: the larger of the two).
-  Disagrees when the difference is shown outside the band: mean(d) > delta or mean(d) < -delta
-  at a / 2 each, so that the two sides together stay at level a however small delta is.
-The interval reported is the two-sided (1 - 2a) t interval. Agrees exactly when it excludes the
-null on the claim's side (WITHIN: lies inside [-delta, delta]); disagrees (not WITHIN) exactly
-when it excludes it on the other side. Differences that are all equal (std 0) decide by their
-mean alone: p = 0 when the mean is strictly on the tested side, 1 otherwise.
+Each look runs the fixed-n test of a claim's shape (reports.paired_tests); reports.claim_planner
+plans the rounds from the verdicts and projections here.
 
 Sequential design. A claim is tested at planned looks, seed counts ``looks`` (LOOKS = 3, 5, 8, 12),
 each look on the first n differences, and stops at the first look that decides (agrees or
@@ -40,137 +25,31 @@ For each claim the probability of a wrong "agrees" is at most alpha, and so is t
 
 Seed projection (``seeds_to_decide``): the smallest n at which a fixed-n test at the per-look level
 decides (either verdict) with probability >= POWER when the differences are normal with the
-observed mean and std (noncentral t; TOST by quadrature over the sample std). The planner
-(``next_round``) reports it, and stops training a claim (futility) only when even the favourable
-end of the mean's one-sided 90% interval (for WITHIN, the std's too; ``favourable``) cannot decide
-it by the last look: the plug-in estimates of 3 seeds are too noisy to stop on (stopping on them
-halved the "agrees" at effect size 1: 0.42 against 0.82). Stopping for futility never raises the
-error rates above, it only gives up power: under no difference the planner trains about 7 seeds
-instead of 11.6; at effect size 1 it trains 8.0 instead of 8.7 and loses about 1% of the "agrees".
+observed mean and std (noncentral t; TOST by quadrature over the sample std).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from reports.stats import AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, WITHIN
+from reports.paired_tests import (
+    ALPHA,
+    MARGIN,
+    ClaimTest,
+    check_claim,
+    claim_test,
+    verdicts,
+)
+from reports.stats import INCONCLUSIVE, WITHIN
 
-MARGIN = "margin"
-SHAPES = (GREATER, LESS, MARGIN, WITHIN)
-ALPHA = 0.05  # one-sided, per claim, over all its looks
 LOOKS = (3, 5, 8, 12)
 POWER = 0.8
-HORIZON = 100  # how far the projection looks for a claim that max_seeds cannot decide
-FUTILITY_QUANTILE = 0.9  # a claim stops when even this end of its effect's interval cannot decide it
-
-
-@dataclass(frozen=True)
-class ClaimTest:
-    """One claim tested on ``n`` paired differences at ``level``.
-
-    test: the test's name ('one-sided paired t', 'minimum-effect t (delta=1)', 'TOST (±0.5)');
-    mean, std: of the differences (std ddof=1); p_value: the claim's test (TOST: the larger
-    one-sided p); p_opposite: the test of the opposite statement (see the module docstring);
-    lo, hi: the two-sided (1 - 2 level) t interval of mean(d). With n < 2: NaN, inconclusive.
-    """
-
-    shape: str
-    delta: float
-    test: str
-    n: int
-    mean: float
-    std: float
-    p_value: float
-    p_opposite: float
-    level: float
-    lo: float
-    hi: float
-    verdict: str
-
-
-def check_claim(shape: str, delta: float, level: float) -> None:
-    """ValueError naming the field when a claim's shape, delta or level is not one this module tests."""
-    if shape not in SHAPES:
-        raise ValueError(f"claim shape {shape!r} (expected one of: {', '.join(SHAPES)})")
-    if not math.isfinite(delta):
-        raise ValueError(f"claim delta {delta} (expected a finite number in the metric's units)")
-    if shape in (GREATER, LESS) and delta != 0:
-        raise ValueError(f"claim delta {delta} for shape {shape!r} (expected 0; a gain of at least delta is "
-                         f"shape {MARGIN!r})")
-    if shape == WITHIN and delta <= 0:
-        raise ValueError(f"claim delta {delta} for shape {WITHIN!r} (expected the band's half-width, > 0)")
-    if not 0 < level < 0.5:
-        raise ValueError(f"level {level} (expected a one-sided level, 0 < level < 0.5)")
-
-
-def claim_test_name(shape: str, delta: float) -> str:
-    """The name of the test that decides a claim of this shape."""
-    if shape == MARGIN:
-        return f"minimum-effect t (delta={delta:g})"
-    return f"TOST (±{delta:g})" if shape == WITHIN else "one-sided paired t"
-
-
-def _moments(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """d (..., n) -> mean (...), standard error (...), degrees of freedom n - 1."""
-    n = d.shape[-1]
-    return d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n), n - 1
-
-
-def _p_above(mean: np.ndarray, se: np.ndarray, null: float, df: int) -> np.ndarray:
-    """p of H0 mu <= null against H1 mu > null; with se == 0: 0 when mean > null, else 1."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = (mean - null) / se
-    return np.where(np.isnan(t), 1.0, stats.t.sf(t, df))
-
-
-def _p_values(d: np.ndarray, shape: str, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """d (..., n) -> (p of the claim's test, p of the opposite statement), each (...)."""
-    mean, se, df = _moments(d)
-    above = lambda null: _p_above(mean, se, null, df)
-    below = lambda null: _p_above(-mean, se, -null, df)
-    if shape == GREATER:
-        return above(0.0), below(0.0)
-    if shape == LESS:
-        return below(0.0), above(0.0)
-    if shape == MARGIN:
-        return above(delta), below(delta)
-    return np.maximum(above(-delta), below(delta)), np.minimum(1.0, 2 * np.minimum(above(delta), below(-delta)))
-
-
-def verdicts(d: np.ndarray, shape: str, delta: float, level: float) -> np.ndarray:
-    """The verdict of each of many experiments: d (..., n), n >= 2 -> (...) array of verdict words."""
-    check_claim(shape, delta, level)
-    d = np.asarray(d, dtype=float)
-    if d.shape[-1] < 2:
-        raise ValueError(f"verdicts: {d.shape[-1]} differences per experiment (expected >= 2)")
-    return _verdict(*_p_values(d, shape, delta), level)
-
-
-def _verdict(p: np.ndarray, p_opposite: np.ndarray, level: float) -> np.ndarray:
-    return np.where(p <= level, AGREES, np.where(p_opposite <= level, DISAGREES, INCONCLUSIVE))
-
-
-def claim_test(d: Sequence[float], shape: str, delta: float = 0.0, level: float = ALPHA) -> ClaimTest:
-    """The claim's test on one experiment's paired differences ``d`` (n,) at one-sided ``level``."""
-    check_claim(shape, delta, level)
-    d = np.asarray(d, dtype=float)
-    n, nan = d.size, math.nan
-    if n < 2:
-        mean = float(d.mean()) if n else nan
-        return ClaimTest(shape, delta, claim_test_name(shape, delta), n, mean, nan, nan, nan, level, nan, nan,
-                         INCONCLUSIVE)
-    mean, se, df = _moments(d)
-    p, p_opposite = _p_values(d, shape, delta)
-    half = float(stats.t.ppf(1 - level, df) * se)
-    return ClaimTest(shape, delta, claim_test_name(shape, delta), n, float(mean), float(d.std(ddof=1)), float(p),
-                     float(p_opposite), level, float(mean) - half, float(mean) + half,
-                     str(_verdict(p, p_opposite, level)))
 
 
 def check_looks(looks: Sequence[int]) -> tuple[int, ...]:
@@ -322,104 +201,3 @@ def favourable(d: np.ndarray, shape: str, delta: float, quantile: float) -> tupl
     size = abs(mean)
     size = max(size - shift, 0.0) if size < delta else size + shift
     return math.copysign(size, mean), sd * math.sqrt((n - 1) / float(stats.chi2.ppf(quantile, n - 1)))
-
-
-# ----- the planner: which claims are decided, which rows train the next round's seeds -----
-
-PENDING, DECIDED, CONTINUE, UNDECIDABLE, EXHAUSTED = "pending", "decided", "continue", "undecidable", "exhausted"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """``row`` minus ``ref`` (two rows of a grid) has ``shape`` (SHAPES) with ``delta`` (metric units)."""
-
-    row: str
-    ref: str
-    shape: str
-    delta: float = 0.0
-
-
-@dataclass(frozen=True)
-class ClaimStatus:
-    """Where a claim stands. state: PENDING (fewer paired seeds than the first look), DECIDED,
-    CONTINUE (undecided, decidable by the last look: trains the next round), UNDECIDABLE (undecided,
-    and not decidable by the last look even at the favourable end, FUTILITY_QUANTILE, of its effect's
-    interval: stops), EXHAUSTED (undecided at the last look).
-    n: paired seeds so far; decision: at the last look n reaches (None while pending); projected:
-    seeds_to_decide up to HORIZON at the per-look level (None while pending or decided, or beyond
-    HORIZON); target: the paired seeds it has after the next round (n when it trains no more)."""
-
-    claim: Claim
-    state: str
-    n: int
-    decision: Decision | None
-    projected: int | None
-    target: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The next round. looks, levels: the design (looks up to max_seeds, their per-look levels);
-    claims: one status per claim, in order; seeds: row -> the seeds it trains next (rows with none
-    left out). done: no row trains more."""
-
-    looks: tuple[int, ...]
-    levels: tuple[float, ...]
-    claims: tuple[ClaimStatus, ...]
-    seeds: dict[str, tuple[int, ...]]
-
-    @property
-    def done(self) -> bool:
-        return not self.seeds
-
-
-def _values(rows_seeds: Mapping[str, Mapping[int, float]], row: str) -> dict[int, float]:
-    return {int(s): float(v) for s, v in rows_seeds.get(row, {}).items() if not math.isnan(v)}
-
-
-def claim_status(claim: Claim, rows_seeds: Mapping[str, Mapping[int, float]], looks: Sequence[int],
-                 alpha: float = ALPHA) -> ClaimStatus:
-    """The claim's status over the seeds both its rows finished (in increasing seed order)."""
-    looks, levels = check_looks(looks), look_levels(looks, alpha)
-    check_claim(claim.shape, claim.delta, levels[0])
-    row, ref = _values(rows_seeds, claim.row), _values(rows_seeds, claim.ref)
-    shared = sorted(row.keys() & ref.keys())
-    n = len(shared)
-    if n < looks[0]:
-        return ClaimStatus(claim, PENDING, n, None, None, looks[0])
-    d = np.array([row[s] - ref[s] for s in shared])
-    decision = decide(d, claim.shape, claim.delta, None, looks, alpha)
-    if decision.test.verdict != INCONCLUSIVE:
-        return ClaimStatus(claim, DECIDED, n, decision, None, n)
-    projected = seeds_to_decide(d, claim.shape, claim.delta, levels[0], HORIZON)
-    if decision.final:
-        return ClaimStatus(claim, EXHAUSTED, n, decision, projected, n)
-    if seeds_to_decide(d, claim.shape, claim.delta, levels[0], looks[-1], FUTILITY_QUANTILE) is None:
-        return ClaimStatus(claim, UNDECIDABLE, n, decision, projected, n)
-    return ClaimStatus(claim, CONTINUE, n, decision, projected, looks[decision.look + 1])
-
-
-def next_round(claims: Sequence[Claim], rows_seeds: Mapping[str, Mapping[int, float]],
-               looks: Sequence[int] = LOOKS, max_seeds: int | None = None, alpha: float = ALPHA) -> Plan:
-    """Which claims are decided, and which rows train which seeds next.
-
-    rows_seeds: row -> {seed: the claims' metric} over its finished trials (NaN and absent rows: no
-    value). The design is ``looks`` up to ``max_seeds`` (None: all of them). A claim that is PENDING or
-    CONTINUE asks for the smallest seeds its pair has not both finished, up to its target; each of its
-    two rows trains those it lacks, so the pair stays paired. A row trains the union over its claims:
-    a decided claim's rows train only for another claim that still asks.
-    """
-    looks = check_looks(looks)
-    design = tuple(n for n in looks if max_seeds is None or n <= max_seeds)
-    if not design:
-        raise ValueError(f"max_seeds {max_seeds} (expected >= the first look, {looks[0]})")
-    statuses = tuple(claim_status(c, rows_seeds, design, alpha) for c in claims)
-    wanted: dict[str, set[int]] = {}
-    for status in statuses:
-        rows = [_values(rows_seeds, status.claim.row), _values(rows_seeds, status.claim.ref)]
-        shared = rows[0].keys() & rows[1].keys()
-        fresh = [s for s in range(status.target + len(shared)) if s not in shared][:status.target - status.n]
-        for name, have in zip((status.claim.row, status.claim.ref), rows):
-            wanted.setdefault(name, set()).update(s for s in fresh if s not in have)
-    seeds = {row: tuple(sorted(s)) for row, s in wanted.items() if s}
-    return Plan(design, tuple(look_levels(design, alpha)), statuses, seeds)

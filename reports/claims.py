@@ -23,11 +23,12 @@ import pandas as pd
 
 from orchestration.grid import ClaimSpec, claim_spec
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
-from reports.claim_tests import MARGIN, ClaimTest, claim_test
+from reports.layouts import PAPER_COLUMNS
+from reports.paired_tests import MARGIN, ClaimTest, claim_test
 from reports.pairs import Pair, delta_note, pairs
 from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, LEVEL, NONE, PAIRED, WELCH, WITHIN,
                            Difference, difference, expectation, verdict)
-from reports.tables import PAPER_COLUMNS, TRAINED_AP, RowSummary, Table, untrained
+from reports.tables import TRAINED_AP, RowSummary, Table, untrained
 
 CLAIM_METRICS = {"table1": ("AP",), "table2": ("AP",), "table3": ("AP",), "topm": ("AP",), "table4": ("AP",),
                  "table6": ("PCC", "top10_iou", "n_redundant", "n_error")}

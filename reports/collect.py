@@ -18,45 +18,28 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestration.grid import ClaimSpec, claim_spec
-from orchestration.provenance import CodeFingerprint, staleness
-from orchestration.schema import (ATTEMPTS_TAG, CODE_COMMIT_TAG, CODE_HASH_TAG, COMMIT_TAG, CPUS_TAG, ERROR_TAG,
-                                  EXPERIMENT_PREFIX, FACTOR_TAG, GPUS_TAG, HOST_TAG, KEY_TAG, PAPER_TAG, REUSED_TAG,
-                                  ROW_INDEX_TAG, ROW_TAG, SEED_TAG, TABLE_TAG, experiment_name)
-from tood.config import ConfigError
-
-FINAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "top10_iou",
-                 "n_correct", "n_redundant", "n_error")
-EPOCH_METRICS = ("loss_total", "loss_cls", "loss_box", "lr", "epoch_AP")
-# Trial columns that are not metrics (nor factor.* / paper.* columns).
-BASE_COLUMNS = ("run_id", "run_name", "status", "row", "row_index", "seed", "error", "git_commit",
-                "start_time", "attempts", "reused_from", "trial_key", "cpus_per_trial", "gpus_per_trial", "host",
-                "code_commit", "code_hash", "stale")
-# Tags read into the columns of the same name ('' when absent: stores older than the tag).
-TAG_COLUMNS = {"attempts": ATTEMPTS_TAG, "reused_from": REUSED_TAG, "trial_key": KEY_TAG, "cpus_per_trial": CPUS_TAG,
-               "gpus_per_trial": GPUS_TAG, "host": HOST_TAG, "code_commit": CODE_COMMIT_TAG, "code_hash": CODE_HASH_TAG}
+from orchestration.grid import ClaimSpec
+from orchestration.schema import EXPERIMENT_PREFIX, TABLE_TAG, experiment_name
+from reports.grid_rows import (
+    GridRow,
+    grid_claim,
+    parse_grid_rows,
+    rows_from_trials,
+    with_tag_paper,
+)
+from reports.trials import stale_column, trials_frame
 
 
 class NoRunsError(LookupError):
     """Nothing to report: no store, experiment, parent run or trial (CLI exit code 2)."""
 
 
-@dataclass(frozen=True)
-class GridRow:
-    """One row of a grid in grid-file order; ``paper`` maps metric name -> the paper's value."""
-
-    index: int
-    label: str
-    factors: dict[str, str]
-    paper: dict[str, float]
-
-
 @dataclass
 class StudyData:
     """One launch of a study: the parent run, the grid's rows and one trial per frame row.
 
-    ``trials`` columns: BASE_COLUMNS, ``factor.<name>``, ``paper.<metric>`` and one column per
-    logged metric (its last value: the final metrics are logged once at the last step).
+    ``trials`` columns: reports.trials.BASE_COLUMNS, ``factor.<name>``, ``paper.<metric>`` and one
+    column per logged metric (its last value: the final metrics are logged once at the last step).
     """
 
     study: str
@@ -116,34 +99,6 @@ def find_parent(client: MlflowClient, study: str | None, parent: str = "latest")
     return runs[0]
 
 
-def _number(value: object, where: str) -> float:
-    """``value`` as float ('30,261' -> 30261.0); a ValueError naming ``where`` otherwise."""
-    try:
-        return float(str(value).replace(",", ""))
-    except ValueError:
-        raise ValueError(f"{where}: {value!r} is not a number") from None
-
-
-def _trial_record(run: Run) -> dict:
-    tags, info = run.data.tags, run.info
-    record = {
-        "run_id": info.run_id, "run_name": info.run_name, "status": info.status,
-        "row": tags.get(ROW_TAG, info.run_name),
-        "row_index": int(tags.get(ROW_INDEX_TAG, -1)),
-        "seed": int(tags[SEED_TAG]) if SEED_TAG in tags else -1,
-        "error": tags.get(ERROR_TAG, ""), "git_commit": tags.get(COMMIT_TAG, ""),
-        "start_time": info.start_time,
-        **{column: tags.get(tag, "") for column, tag in TAG_COLUMNS.items()},
-    }
-    for key, value in tags.items():
-        if key.startswith(FACTOR_TAG):
-            record["factor." + key[len(FACTOR_TAG):]] = value
-        elif key.startswith(PAPER_TAG):
-            record["paper." + key[len(PAPER_TAG):]] = _number(value, f"run {info.run_id}: tag {key}")
-    record.update(run.data.metrics)
-    return record
-
-
 def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
     """All child runs of ``parent_id`` (every page of the search)."""
     runs, token = [], None
@@ -154,47 +109,6 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list
         token = page.token
         if not token:
             return runs
-
-
-def trials_frame(runs: list[Run]) -> pd.DataFrame:
-    """One row per trial run, ordered by (row_index, seed); columns as in StudyData."""
-    frame = pd.DataFrame([_trial_record(r) for r in runs])
-    if frame.empty:
-        return pd.DataFrame(columns=list(BASE_COLUMNS))
-    return frame.sort_values(["row_index", "seed"], kind="stable").reset_index(drop=True)
-
-
-def metric_columns(trials: pd.DataFrame) -> list[str]:
-    """The metric columns of a trials frame: FINAL_METRICS first, then the others by name."""
-    other = {c for c in trials.columns if c not in BASE_COLUMNS
-             and not c.startswith(("factor.", "paper."))}
-    return [m for m in FINAL_METRICS if m in other] + sorted(other - set(FINAL_METRICS))
-
-
-def parse_grid_rows(grid: object) -> list[GridRow]:
-    """Rows of a resolved grid: ``{rows: [{label, factors, paper}, ...]}`` or a bare list.
-
-    ``row``/``name`` are accepted for ``label``; without ``factors`` every other key of the
-    row is a factor. Repeated labels (one entry per seed) keep their first position.
-    """
-    items = grid.get("rows") if isinstance(grid, dict) else grid
-    if not isinstance(items, list):
-        return []
-    rows: dict[str, GridRow] = {}
-    for position, item in enumerate(items):
-        if not isinstance(item, dict):
-            continue
-        label = next((str(item[k]) for k in ("label", "row", "name") if k in item), None)
-        if label is None or label in rows:
-            continue
-        factors = item.get("factors")
-        if not isinstance(factors, dict):
-            factors = {k: v for k, v in item.items()
-                       if k not in ("label", "row", "name", "paper", "seed", "seeds", "index")}
-        paper = item.get("paper") if isinstance(item.get("paper"), dict) else {}
-        paper = {str(k): _number(v, f"grid.yaml: rows[{position}].paper.{k}") for k, v in paper.items()}
-        rows[label] = GridRow(len(rows), label, {str(k): str(v) for k, v in factors.items()}, paper)
-    return list(rows.values())
 
 
 def load_grid_yaml(client: MlflowClient, parent_id: str) -> object:
@@ -209,38 +123,6 @@ def load_grid_yaml(client: MlflowClient, parent_id: str) -> object:
 def load_grid_artifact(client: MlflowClient, parent_id: str) -> list[GridRow]:
     """Rows of the parent's grid.yaml artifact; [] when it is absent or has no row list."""
     return parse_grid_rows(load_grid_yaml(client, parent_id))
-
-
-def grid_claim(grid: object, table: str, where: str) -> ClaimSpec:
-    """The claim shape of a launched grid (its ``claim:``), else the study's default; a grid
-    whose claim block cannot be read falls back to the default rather than hide the report."""
-    raw = grid.get("claim") if isinstance(grid, dict) else None
-    try:
-        return claim_spec(raw, table, where)
-    except ConfigError:
-        return claim_spec(None, table, where)
-
-
-def rows_from_trials(trials: pd.DataFrame) -> list[GridRow]:
-    """Grid rows recovered from the trials' tood.row / tood.row_index / factor / paper tags."""
-    rows = []
-    for label, group in trials.groupby("row", sort=False):
-        first = group.iloc[0]
-        factors = {c[len("factor."):]: str(first[c]) for c in trials.columns
-                   if c.startswith("factor.") and pd.notna(first[c])}
-        rows.append(GridRow(int(group["row_index"].min()), str(label), factors, {}))
-    return sorted(rows, key=lambda r: r.index)
-
-
-def _with_tag_paper(row: GridRow, trials: pd.DataFrame) -> GridRow:
-    """``row`` with the paper numbers of its trials' tood.paper.* tags (these win over the grid)."""
-    own = trials[trials["row"] == row.label]
-    paper = dict(row.paper)
-    for column in (c for c in trials.columns if c.startswith("paper.")):
-        values = own[column].dropna()
-        if len(values):
-            paper[column[len("paper."):]] = float(values.iloc[0])
-    return GridRow(row.index, row.label, row.factors, paper)
 
 
 def _common_params(runs: list[Run]) -> dict[str, str]:
@@ -275,29 +157,8 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
         study=study, table=table, tracking_uri=client.tracking_uri,
         experiment_name=experiment.name, experiment_id=experiment.experiment_id,
         parent_id=parent_run.info.run_id, parent_name=parent_run.info.run_name, parent_tags=tags,
-        grid_rows=[_with_tag_paper(r, trials) for r in grid_rows], grid_source=source,
+        grid_rows=[with_tag_paper(r, trials) for r in grid_rows], grid_source=source,
         trials=trials, common_params=_common_params(runs), claim=grid_claim(grid, table, f"run {parent_run.info.run_id}: grid.yaml"))
-
-
-def stale_column(runs: list[Run], trials: pd.DataFrame, parent_tags: dict[str, str]) -> list[str]:
-    """Per row of ``trials``: why its result may not be what the launch's code gives (a result reused
-    across a code change: :func:`orchestration.provenance.staleness` against the parent's code), ''
-    when nothing is known against it."""
-    launch = CodeFingerprint.from_tags(parent_tags)
-    why = {r.info.run_id: staleness(r.data.tags, launch) or "" for r in runs}
-    return [why.get(run_id, "") for run_id in trials["run_id"]]
-
-
-def stale_notes(trials: pd.DataFrame) -> list[str]:
-    """The report's note naming the results reused across a code change (column ``stale``); [] if none."""
-    if "stale" not in trials:
-        return []
-    stale = trials[trials["stale"].astype(bool)]
-    if stale.empty:
-        return []
-    which = "; ".join(f"{t.row} seed {t.seed}: {t.stale}" for t in stale.itertuples())
-    return [f"Reused across a code change ({len(stale)} of {len(trials)} trials; their numbers come from other code "
-            f"than this launch's, `tood-ablate run <grid> --rerun-stale` retrains them): {which}."]
 
 
 def metric_histories(client: MlflowClient, trials: pd.DataFrame,

@@ -18,9 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine, machine
 from reports.claims import Comparison, compare, comparisons_table
-from reports.collect import StudyData, stale_notes
+from reports.collect import StudyData
 from reports.compute import TrialCompute, compute_table, recorded_machine, summary_compute_table, trial_compute
-from reports.tables import RowSummary, Table, all_metrics, build_table, study_title, summarize
+from reports.layouts import all_metrics, build_table
+from reports.tables import RowSummary, Table, study_title, summarize
+from reports.trials import stale_notes
 
 NOT_RECORDED = "not recorded"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import html
 
 from reports.claims import NEEDS_SEEDS, NOT_TRAINED
+from reports.layouts import DISAGREE
 from reports.stats import VERDICTS
-from reports.tables import DISAGREE, GAP_WORDS, Table
+from reports.tables import GAP_WORDS, Table
 
 WIDE_COLUMNS = 8
 # One replacement per character, so the LaTeX a replacement writes is never escaped again.

@@ -16,27 +16,26 @@ from scipy import stats
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from reports.claim_tests import (
-    ALPHA,
+from reports.claim_planner import (
     CONTINUE,
     DECIDED,
     EXHAUSTED,
-    LOOKS,
-    MARGIN,
     PENDING,
-    POWER,
     UNDECIDABLE,
     Claim,
-    claim_test,
+    next_round,
+)
+from reports.claim_tests import (
+    LOOKS,
+    POWER,
     decide,
     favourable,
     look_levels,
-    next_round,
     power,
     seeds_to_decide,
     sequential_verdicts,
-    verdicts,
 )
+from reports.paired_tests import ALPHA, MARGIN, claim_test, verdicts
 from reports.stats import AGREES, DISAGREES, GREATER, INCONCLUSIVE, LESS, WITHIN
 
 E = 20_000  # simulated experiments

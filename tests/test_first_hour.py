@@ -294,7 +294,8 @@ def _trials_at(t: float, costs: list[float], start: list[float], end: list[float
     """Tune's view at time ``t`` of a schedule: trial stand-ins and their start / end times."""
     trials, started, ended = [], {}, {}
     for i, (cost, s, e) in enumerate(zip(costs, start, end)):
-        tid, spec = f"t{i}", {"trial": {"cost": cost, "config": {"train": {"epochs": epochs}}}}
+        tid = f"t{i}"
+        spec = {"trial": {"key": tid, "run_id": tid, "name": tid, "cost": cost, "config": {"train": {"epochs": epochs}}}}
         if e <= t:
             status, result = "TERMINATED", {"done": True, "epoch": epochs, "time_total_s": e - s}
             started[tid], ended[tid] = s, e

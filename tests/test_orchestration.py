@@ -245,7 +245,7 @@ def test_bad_grid_or_options_fail_before_anything_starts(tmp_path, monkeypatch, 
         (["run", str(SMOKE), "--cpus-per-trial", "-1"], "--cpus-per-trial: got -1.0 (expected a number >= 0)"),
         (["run", str(SMOKE), "--workers-per-trial", "0"], "--workers-per-trial: got 0 (expected an integer >= 1)"),
         (["run", str(SMOKE), "--set", "train.epoch=3"], "--set: override train.epoch: unknown key 'train.epoch'; did you mean 'epochs'?"),
-        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy, proxy_long, smoke)"),
+        (["run", str(SMOKE), "--profile", "gpu"], "profiles: unknown profile 'gpu' (expected one of: coco, proxy, proxy_long, proxy_budget, smoke)"),
         (["status", "nothing"], "no launch named 'nothing'"),
         (["resume", "nothing"], "no launch named 'nothing'"),
     ]
@@ -365,6 +365,7 @@ def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypa
     resume, A's unstarted trial takes B's result (its alias run of another study too), while
     A's started trial keeps its own run and history and trains on."""
     from orchestration.launch import reuse_finished_elsewhere
+    from orchestration.payload import TrialPayload
     from orchestration.suite import trial_key
 
     monkeypatch.chdir(tmp_path)
@@ -373,7 +374,7 @@ def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypa
     grid, specs = load_grid(path), expand_grid(path, seeds=[0])
     make = lambda name: create_launch_runs(client, grid.study, grid.table, "proxy", str(path), resolved_grid(grid, [0], {}), specs, name)[1]
     a, a_alias, b = make("A"), make("A-alias"), make("B")
-    trials = [{"key": trial_key(spec.config), "run_id": a[i], "alias_run_ids": [a_alias[i]]} for i, spec in enumerate(specs)]
+    trials = [TrialPayload(trial_key(spec.config), a[i], spec.name, spec.config, alias_run_ids=[a_alias[i]]) for i, spec in enumerate(specs)]
     start_attempt(client, a[1])  # A's trial 1 started before the interrupt
     log_metrics(client, a[1], {"loss_total": 2.0}, step=1)
     for i in (0, 1):  # B finishes both keys
@@ -397,7 +398,7 @@ def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypa
 
 def test_progress_lines():
     def trial(name, status, result, failures=0):
-        config = {"trial": {"name": name, "config": {"train": {"epochs": 2}}}}
+        config = {"trial": {"key": name, "run_id": name, "name": name, "config": {"train": {"epochs": 2}}}}
         return SimpleNamespace(config=config, status=status, last_result=result, num_failures=failures)
 
     lines = [trial_line(t) for t in (

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.grid import expand, expand_grid, load_grid
 from orchestration.launch import suite_grids
+from orchestration.payload import TrialPayload
 from orchestration.suite import estimated_cost, prefix_epochs, prefix_key, schedule, share_prefixes, trial_key, unique_trials
 from tests.conftest import ROOT, tiny_config
 from tests.test_orchestration import SMOKE, launch  # noqa: F401  (fixture)
@@ -331,7 +332,8 @@ def store(tmp_path, monkeypatch):
 def _sharing(client, run_id: str, folder: Path, found: Path | None = None):
     from orchestration.prefix import Sharing
 
-    return Sharing.of({"run_id": run_id, "prefix": {"key": "k" * 16, "epochs": 2, "dir": str(folder), "found": found}}, client)
+    prefix = {"key": "k" * 16, "epochs": 2, "dir": str(folder), "found": found}
+    return Sharing.of(TrialPayload("t" * 16, run_id, "t", {"train": {"epochs": 4}}, prefix=prefix), client)
 
 
 def _in_thread(fn):

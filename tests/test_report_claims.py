@@ -261,7 +261,7 @@ def test_study_experiment_ui_tags(tmp_path, monkeypatch):
 
 
 def test_pairs_of_the_grid_files():
-    from reports.collect import parse_grid_rows
+    from reports.grid_rows import parse_grid_rows
     from reports.pairs import pairs
 
     root = Path(__file__).resolve().parents[1] / "experiments"

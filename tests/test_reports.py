@@ -20,11 +20,13 @@ import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from reports import plots  # noqa: E402
-from reports.collect import collect_study, metric_histories, open_client, parse_grid_rows  # noqa: E402
+from reports.collect import collect_study, metric_histories, open_client  # noqa: E402
 from reports.formats import latex_escape, to_latex, to_markdown  # noqa: E402
+from reports.grid_rows import parse_grid_rows  # noqa: E402
 from reports.render import main, render_report  # noqa: E402
 from reports.document import build_study_report, summary_tables  # noqa: E402
-from reports.tables import RowSummary, Table, all_metrics, build_table, summarize  # noqa: E402
+from reports.layouts import all_metrics, build_table  # noqa: E402
+from reports.tables import RowSummary, Table, summarize  # noqa: E402
 
 T6 = ("AP", "PCC", "top10_iou", "n_correct", "n_redundant", "n_error")
 # Table 6 of the paper, per row (label, head, assigner, paper numbers).

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration import lease as leases
 from orchestration.grid import expand_grid, load_grid, resolved_grid
+from orchestration.payload import TrialPayload
 from orchestration.provenance import (NOT_TRAINING, PACKAGE, PRETEND_ENV, CodeFingerprint, code_fingerprint, stale_keys,
                                       staleness)
 from orchestration.schema import CODE_COMMIT_TAG, CODE_FILES_TAG, CODE_HASH_TAG, COMMIT_TAG, DIRTY_TAG, WAITED_TAG
@@ -114,7 +115,8 @@ def _train_by_hand(client: MlflowClient, run_id: str, config: dict, ap: float) -
 
 
 def test_reused_run_carries_its_sources_code_and_the_report_notes_it(tmp_path, monkeypatch):
-    from reports.collect import collect_study, stale_notes
+    from reports.collect import collect_study
+    from reports.trials import stale_notes
 
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(f"sqlite:///{tmp_path / 'db'}")
@@ -275,9 +277,9 @@ def test_holder_with_a_clock_ahead_is_dead_once_its_heartbeat_stops_changing(tmp
     assert isinstance(leases.try_acquire(client, "k", holder, watch, ttl_s=0.5), leases.Lease)
 
 
-def _trial(ids: list[str], specs: list, i: int, launch_dir: Path, alias: str | None = None, reuse: str = "any") -> dict:
-    return {"key": trial_key(specs[i].config), "run_id": ids[i], "alias_run_ids": [alias] if alias else [],
-            "storage": str(launch_dir), "reuse": reuse}
+def _trial(ids: list[str], specs: list, i: int, launch_dir: Path, alias: str | None = None, reuse: str = "any") -> TrialPayload:
+    return TrialPayload(trial_key(specs[i].config), ids[i], specs[i].name, specs[i].config,
+                        alias_run_ids=[alias] if alias else [], storage=str(launch_dir), reuse=reuse)
 
 
 def test_waiting_trial_copies_the_holders_result_instead_of_training(tmp_path, monkeypatch):

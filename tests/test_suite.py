@@ -240,7 +240,7 @@ def test_suite_progress_line_by_hand():
             result["time_total_s"] = seconds
         if reused:
             result["already_finished"] = 1.0
-        return SimpleNamespace(status=status, last_result=result, config={"trial": {"cost": cost, "config": {"train": {"epochs": 4}}}})
+        return SimpleNamespace(status=status, last_result=result, config={"trial": {"key": "k", "run_id": "r", "name": "t", "cost": cost, "config": {"train": {"epochs": 4}}}})
 
     trials = [trial("TERMINATED", 10.0, 4, 100.0), trial("TERMINATED", 30.0, 4, 300.0), trial("TERMINATED", 50.0, 4, 9.0, reused=True),
               trial("RUNNING", 20.0, 1), trial("PENDING", 40.0), trial("ERROR", 99.0)]

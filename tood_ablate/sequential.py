@@ -4,7 +4,7 @@ Round k launches every row of the grids with the seeds it has so far plus the on
 asks for (finished trials are reused by key, so a round trains only the new seeds; each round's
 launch, ``<name>-r<k>``, is a complete picture of the studies for the report). After a round the
 claims of each study (reports.claims, with the grid's claim shape) are re-read from the store and
-``reports.claim_tests.next_round`` decides, at the planned looks with a Bonferroni split of alpha,
+``reports.claim_planner.next_round`` decides, at the planned looks with a Bonferroni split of alpha,
 which claims are decided and which rows train the next seeds (seeds stay paired). The plan is a
 function of the store alone, so an interrupted run continues by running the same command again
 (or ``tood-ablate resume <name>-r<k>`` for the round that was cut, then the same command).
@@ -22,11 +22,13 @@ from orchestration.grid import expand, load_grid
 from orchestration.launch import LaunchOptions, run_suite
 from orchestration.preflight import check_tracking_uri, storage_root
 from orchestration.schema import default_tracking_uri
-from reports.claim_tests import ALPHA, LESS, LOOKS, MARGIN, WITHIN, Claim, Plan, check_looks, next_round
+from reports.claim_planner import Claim, Plan, next_round
+from reports.claim_tests import LOOKS, check_looks
 from reports.claims import Comparison, compare, seed_values
 from reports.collect import NoRunsError, StudyData, collect_study, open_client
 from reports.compute import trial_compute
 from reports.formats import to_markdown
+from reports.paired_tests import ALPHA, LESS, MARGIN, WITHIN
 from reports.tables import Table, summarize
 from tood.config import ConfigError
 
