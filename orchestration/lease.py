@@ -31,7 +31,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException

@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestration.launch import LAUNCH_FILE, LaunchOptions, check_options
+from orchestration.launch import LaunchOptions, check_options
+from orchestration.record import LAUNCH_FILE
 from orchestration.preflight import check_writable, normalise_tracking_uri
 from tood.config import ConfigError, parse_override
 

@@ -11,7 +11,7 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from orchestration.launch import load_launch
+from orchestration.record import load_launch
 from orchestration.schema import REUSED_TAG
 from orchestration.tracking import child_runs
 

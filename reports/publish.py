@@ -104,7 +104,7 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
 
 def _diagnose(grid: str, launch: str | None, storage_path: str | None, out: Path) -> None:
     """PCC diagnostics of ``grid``'s checkpoints, found with the launch's profile, seeds and --set."""
-    from orchestration.launch import load_launch
+    from orchestration.record import load_launch
     from orchestration.preflight import storage_root
     from reports.alignment_diagnostics import main as diagnose_main
 

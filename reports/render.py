@@ -160,7 +160,7 @@ def render_launch(name: str, storage_path: str | Path, tracking_uri: str) -> lis
     each of its studies rendered into ``<storage_path>/<name>/report``, logged to its parent
     run, its summary run refreshed. Returns the UI lines to print; a study whose report fails
     is a warning naming the command that renders it (the launch's result stands)."""
-    from orchestration.launch import load_launch
+    from orchestration.record import load_launch
 
     info = load_launch(name, str(storage_path))
     out, lines = Path(info["path"]) / "report", []

@@ -364,7 +364,7 @@ def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypa
     """Launch A is interrupted; launch B of the same store then finishes two of A's keys. On
     resume, A's unstarted trial takes B's result (its alias run of another study too), while
     A's started trial keeps its own run and history and trains on."""
-    from orchestration.launch import reuse_finished_elsewhere
+    from orchestration.resume import reuse_finished_elsewhere
     from orchestration.payload import TrialPayload
     from orchestration.suite import trial_key
 

@@ -160,7 +160,7 @@ def test_render_launch_reports_every_study_of_the_launch(store, tmp_path, capsys
     """What `tood-ablate run`/`resume` call once the launch is over: every study of its record
     rendered into <storage>/<name>/report and its summary refreshed; a study that cannot be
     reported is a warning naming the command to retry, the others go on."""
-    from orchestration.launch import LAUNCH_FILE
+    from orchestration.record import LAUNCH_FILE
     from reports.render import render_launch
 
     client, uri = store

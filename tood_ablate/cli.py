@@ -9,7 +9,8 @@ import sys
 from collections import Counter
 
 from orchestration.grid import parse_seeds
-from orchestration.launch import LaunchOptions, launch_status, resume_launch, run_suite, suite_grids
+from orchestration.launch import LaunchOptions, run_suite, suite_grids
+from orchestration.resume import launch_status, resume_launch
 from orchestration.preflight import DEFAULT_STORAGE
 from tood.config import ConfigError, parse_override
 
