@@ -217,7 +217,8 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     reusable, stale = _reusable(client, unique, opts)
     # shared prefixes: among the trials to train, one-worker trials only (orchestration.prefix)
     to_train = [t for t in unique if t.key not in reusable]
-    groups = plan_sharing(client, to_train, specs, opts.share_prefix and max(1, opts.workers_per_trial) == 1, opts.rerun)
+    groups = plan_sharing(client, to_train, specs, opts.share_prefix and max(1, opts.workers_per_trial) == 1, opts.rerun,
+                          opts.rerun_stale)
     unique = [t for t in unique if t.key in reusable] + schedule(to_train, specs)
     trials, reused = _payloads(client, unique, specs, launched, reusable, groups, opts, tracking_uri, path)
     info = {"name": name, "path": str(path), "study": launched[0]["study"], "grid": launched[0]["grid"],

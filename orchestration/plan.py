@@ -106,11 +106,12 @@ def _store(uri: str) -> Any:
 
 def plan(grid_paths: list[str | Path], profile: str = "proxy", seeds: list[int] | None = None,
          overrides: dict[str, Any] | None = None, tracking_uri: str | None = None, share: bool = True,
-         rerun: bool = False, slots: int | None = None) -> dict[str, Any]:
+         rerun: bool = False, slots: int | None = None, rerun_stale: bool = False) -> dict[str, Any]:
     """The plan of a launch of ``grid_paths`` (see the module docstring) as a JSON-able dict."""
     from orchestration.grid import expand, load_grid
     from orchestration.host import machine
     from orchestration.prefix import plan_sharing
+    from orchestration.provenance import stale_keys
     from orchestration.tracking import finished_by_key
 
     grids = [load_grid(p) for p in grid_paths]
@@ -119,15 +120,18 @@ def plan(grid_paths: list[str | Path], profile: str = "proxy", seeds: list[int] 
     uri = tracking_uri or default_tracking_uri()
     client = _store(uri)
     finished = {} if rerun or client is None else finished_by_key(client, {t.key for t in unique})
+    stale = stale_keys(finished)  # trained by other code than this checkout's (orchestration.provenance)
+    if rerun_stale:
+        finished = {k: run for k, run in finished.items() if k not in stale}
     to_train = [t for t in unique if t.key not in finished]
     slots = slots or len(os.sched_getaffinity(0))
     rate, measured = measured_rate(client, machine().cpu) if client is not None else (float("nan"), 0)
     rate = rate if measured else COST_MODEL_S_PER_UNIT
     wall = {}
     for shared in (False, True):  # plan_sharing sets each trial's role and cost, schedule orders by them
-        plan_sharing(client, to_train, specs, shared, rerun)
+        plan_sharing(client, to_train, specs, shared, rerun, rerun_stale)
         wall[shared] = simulate(schedule(to_train, specs), specs, slots, rate)
-    groups: dict[str, PrefixGroup] = plan_sharing(client, to_train, specs, share, rerun)
+    groups: dict[str, PrefixGroup] = plan_sharing(client, to_train, specs, share, rerun, rerun_stale)
     spec_of = {t.key: specs[t.primary[0]][t.primary[1]] for t in to_train}
     names = {key: f"{s.study}/{s.name}" for key, s in spec_of.items()}
     full = sum(s.config["train"]["epochs"] for s in spec_of.values())
@@ -135,6 +139,7 @@ def plan(grid_paths: list[str | Path], profile: str = "proxy", seeds: list[int] 
     return {
         "grids": [str(p) for p in grid_paths], "profile": profile, "store": uri if client is not None else f"{uri} (not created yet)",
         "child_runs": sum(len(s) for s in specs), "distinct_trainings": len(unique), "finished_in_store": len(finished),
+        "stale_in_store": len(stale), "rerun_stale": rerun_stale,
         "to_train": len(to_train), "share_prefix": share,
         "trial_epochs": {"without_sharing": full, "with_sharing": full - saved, "saved": saved},
         "shared_prefixes": [{"key": g.key, "epochs": g.epochs, "found": g.found, "trials": [names[k] for k in g.trials]}
@@ -154,6 +159,8 @@ def _lines(p: dict[str, Any]) -> list[str]:
         f"  child runs               {p['child_runs']}",
         f"  distinct trainings       {p['distinct_trainings']}",
         f"  finished in the store    {p['finished_in_store']} (reused, not trained; --rerun trains them again)",
+        f"  stale                    {p['stale_in_store']} of the finished trained by other code than this checkout's "
+        + ("(--rerun-stale: trained again)" if p["rerun_stale"] else "(reused and marked in the report; --rerun-stale trains them again)"),
         f"  to train                 {p['to_train']}: {e['without_sharing']} trial-epochs",
         f"  shared prefixes          {n_groups}, {branches} trainings branch from them: {e['saved']} trial-epochs not "
         f"trained ({100 * e['saved'] / max(e['without_sharing'], 1):.1f}%) -> {e['with_sharing']} trial-epochs",
@@ -174,20 +181,20 @@ def main(argv: list[str] | None = None) -> int:
                                            "(default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db)")
     ap.add_argument("--no-share-prefix", action="store_true", help="plan a launch that trains every trial in full")
     ap.add_argument("--rerun", action="store_true", help="plan a launch that reuses nothing from the store")
+    ap.add_argument("--rerun-stale", action="store_true", help="plan a launch that trains again the finished trials "
+                                                                "that other code trained")
     ap.add_argument("--slots", type=int, help="trials at once (default: this machine's CPUs)")
     ap.add_argument("--groups", action="store_true", help="list the trials of each shared prefix")
     ap.add_argument("--json", metavar="PATH", help="also write the plan as JSON to PATH")
     args = ap.parse_args(argv)
+    from orchestration.grid import parse_seeds
     from orchestration.launch import suite_grids
 
     if bool(args.grid) == bool(args.all):
         raise ConfigError("tood-ablate plan: give grid files or --all (expected one of the two)")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    except ValueError:
-        raise ConfigError(f"--seeds: got {args.seeds!r} (expected comma-separated integers, e.g. 0,1)") from None
-    result = plan(suite_grids() if args.all else args.grid, args.profile, seeds, dict(parse_override(o) for o in args.overrides),
-                  args.tracking_uri, not args.no_share_prefix, args.rerun, args.slots)
+    result = plan(suite_grids() if args.all else args.grid, args.profile, parse_seeds(args.seeds),
+                  dict(parse_override(o) for o in args.overrides), args.tracking_uri, not args.no_share_prefix, args.rerun,
+                  args.slots, args.rerun_stale)
     print("\n".join(_lines(result)))
     if args.groups:
         for g in result["shared_prefixes"]:

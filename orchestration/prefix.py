@@ -179,14 +179,18 @@ class Sharing:
                 self._lease().unlink(missing_ok=True)
 
 
-def plan_sharing(client: Any, trials: list, specs_per_study: list[list[Any]], share: bool, rerun: bool) -> dict:
+def plan_sharing(client: Any, trials: list, specs_per_study: list[list[Any]], share: bool, rerun: bool,
+                 rerun_stale: bool = False) -> dict:
     """The shared prefixes of ``trials`` (to train, schedule order): ``share_prefixes`` with the
-    checkpoints that earlier launches of the store published (not with ``rerun``); {} without
-    ``share``. ``client``: None when the store does not exist yet."""
+    checkpoints that earlier launches of the store published (not with ``rerun``; with
+    ``rerun_stale`` only those published by this checkout's code); {} without ``share``.
+    ``client``: None when the store does not exist yet."""
+    from orchestration.provenance import code_fingerprint, staleness
     from orchestration.suite import share_prefixes
 
     wanted = {t.prefix for t in trials if t.prefix}
-    found = {} if rerun or client is None or not share else tracking.published_prefixes(client, wanted)
+    fresh = (lambda tags: not staleness(tags, code_fingerprint())) if rerun_stale else None
+    found = {} if rerun or client is None or not share else tracking.published_prefixes(client, wanted, fresh)
     return share_prefixes(trials, specs_per_study, found, share)
 
 

@@ -376,9 +376,11 @@ def tag_prefix(client: MlflowClient, run_id: str, key: str, checkpoint: Path) ->
     retry(client.set_tag, run_id, PREFIX_CHECKPOINT_TAG, str(checkpoint))
 
 
-def published_prefixes(client: MlflowClient, keys: set[str]) -> dict[str, str]:
+def published_prefixes(client: MlflowClient, keys: set[str], accept: Callable[[dict[str, str]], bool] | None = None
+                       ) -> dict[str, str]:
     """Prefix key -> checkpoint path, for each of ``keys`` that a run of the store's ``tood-ablate/``
-    experiments published and whose file is still there (the newest when several did)."""
+    experiments published and whose file is still there (the newest when several did); with
+    ``accept``, only runs whose tags it accepts."""
     if not keys:
         return {}
     exps = [e.experiment_id for e in retry(client.search_experiments, filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")]
@@ -389,7 +391,7 @@ def published_prefixes(client: MlflowClient, keys: set[str]) -> dict[str, str]:
                      order_by=["attributes.start_time DESC"])
         for run in page:
             key, path = run.data.tags.get(PREFIX_KEY_TAG), run.data.tags.get(PREFIX_CHECKPOINT_TAG, "")
-            if key in keys and key not in found and path and Path(path).is_file():
+            if key in keys and key not in found and path and Path(path).is_file() and (accept is None or accept(run.data.tags)):
                 found[key] = path
         token = page.token
         if not token:

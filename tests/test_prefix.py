@@ -422,6 +422,32 @@ def test_published_prefixes_are_found_by_key_while_their_file_exists(store, tmp_
     assert published_prefixes(client, {"k1", "k2", "k3"}) == {"k1": str(kept)}
 
 
+def test_rerun_stale_skips_prefixes_published_by_other_code(store, tmp_path, monkeypatch):
+    """A prefix checkpoint published by a run of other code (orchestration.provenance) is found
+    by a plain launch and not with --rerun-stale, which then trains the prefix again."""
+    from orchestration.prefix import plan_sharing
+    from orchestration.provenance import PRETEND_ENV, code_fingerprint
+    from orchestration.tracking import published_prefixes, tag_prefix
+
+    client, (a, b, _), _ = store
+    here = code_fingerprint()
+    monkeypatch.setenv(PRETEND_ENV, "tood/engine.py")
+    for k, v in code_fingerprint().tags().items():
+        client.set_tag(a, k, v)  # a published k1 with other code
+    monkeypatch.delenv(PRETEND_ENV)
+    for k, v in here.tags().items():
+        client.set_tag(b, k, v)
+    tag_prefix(client, a, "k1", _fake_checkpoint(tmp_path / "old.pt", 2, a))
+    tag_prefix(client, b, "k2", _fake_checkpoint(tmp_path / "new.pt", 2, b))
+    assert set(published_prefixes(client, {"k1", "k2"})) == {"k1", "k2"}
+    trials = [SimpleNamespace(prefix=k) for k in ("k1", "k2")]
+    found = []  # what plan_sharing hands to share_prefixes as published by earlier launches
+    monkeypatch.setattr("orchestration.suite.share_prefixes", lambda trials, specs, published, share: found.append(set(published)) or {})
+    plan_sharing(client, trials, [], True, False)
+    plan_sharing(client, trials, [], True, False, rerun_stale=True)
+    assert found == [{"k1", "k2"}, {"k2"}]
+
+
 # ------------------------------------------------------------------ launches on local Ray (slow)
 
 ROW_FACTORS = {"TOOD": {"head": "t_head", "assigner": "tal"},

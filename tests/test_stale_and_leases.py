@@ -114,6 +114,26 @@ def _train_by_hand(client: MlflowClient, run_id: str, config: dict, ap: float) -
     finish_trial(client, run_id, config, {"AP": ap}, step=1)
 
 
+def test_plan_marks_results_of_other_code_and_rerun_stale_plans_them(tmp_path, monkeypatch):
+    """`tood-ablate plan` counts the finished trials that other code trained, and with
+    --rerun-stale plans them as trainings instead of reuses."""
+    from orchestration.plan import _lines, plan
+
+    uri = f"sqlite:///{tmp_path / 'db'}"
+    client = MlflowClient(uri)
+    _, ids, specs = _smoke_launch(client, "A")
+    _train_by_hand(client, ids[0], specs[0].config, 40.0)
+    monkeypatch.setenv(PRETEND_ENV, "tood/engine.py")  # the second one trained by other code
+    _train_by_hand(client, ids[1], specs[1].config, 41.0)
+    monkeypatch.delenv(PRETEND_ENV)
+    plain = plan([SMOKE], "proxy", [0], tracking_uri=uri, slots=1)
+    assert (plain["finished_in_store"], plain["stale_in_store"], plain["to_train"]) == (2, 1, len(specs) - 2)
+    assert any(line.startswith("  stale                    1 of the finished") and "--rerun-stale trains them" in line
+               for line in _lines(plain))
+    fresh = plan([SMOKE], "proxy", [0], tracking_uri=uri, slots=1, rerun_stale=True)
+    assert (fresh["finished_in_store"], fresh["stale_in_store"], fresh["to_train"]) == (1, 1, len(specs) - 1)
+
+
 def test_reused_run_carries_its_sources_code_and_the_report_notes_it(tmp_path, monkeypatch):
     from reports.collect import collect_study
     from reports.trials import stale_notes
