@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from orchestration.folders import storage_root
 from orchestration.payload import TrialPayload
-from orchestration.preflight import storage_root
 from orchestration.record import LAUNCH_FILE, TRIALS_FILE, LaunchResult, finish_launch, fit_launch
 from orchestration.tuner import make_tuner, ray_runtime, set_log_level
 from tood.config import ConfigError
@@ -133,7 +133,7 @@ def _reusable(client, unique: list, opts: LaunchOptions) -> tuple[dict, set[str]
     """Finished runs of the store by key that this launch reuses, and the keys whose finished run
     other code trained (orchestration.provenance; left out of the reusable ones with ``--rerun-stale``)."""
     from orchestration.provenance import stale_keys
-    from orchestration.tracking import finished_by_key
+    from orchestration.reuse import finished_by_key
 
     reusable = {} if opts.rerun else finished_by_key(client, {t.key for t in unique})
     stale = stale_keys(reusable)
@@ -147,7 +147,7 @@ def _payloads(client, unique: list, specs: list[list], launched: list[dict], reu
     """The payload of each trial to train; the runs of reused keys get their result copied.
     Returns the payloads and the number of runs filled by reuse."""
     from orchestration.prefix import trial_prefix
-    from orchestration.tracking import copy_result
+    from orchestration.reuse import copy_result
     from orchestration.trainable import fault_plan
 
     suite, workers = len(specs) > 1, max(1, opts.workers_per_trial)
@@ -193,9 +193,9 @@ def run_suite(grid_paths: list[str | Path], opts: LaunchOptions | None = None) -
     from mlflow.tracking import MlflowClient
 
     from orchestration import preflight
+    from orchestration.mlflow_store import prepare_store
     from orchestration.prefix import plan_sharing, prefix_counts
     from orchestration.suite import schedule, unique_trials
-    from orchestration.tracking import prepare_store
 
     opts = opts or LaunchOptions()
     check_options(opts)

@@ -4,7 +4,7 @@ Launches that meet on one store (sqlite or an ``mlflow server``) plan their tria
 reuses what was finished when it started and trains the rest. A trial that is about to train
 therefore takes the lease of its key first (:func:`claim`); while another live process holds it,
 the trial waits (logging whom it waits for, tag ``tood.waited_for``) and, once the holder's run
-has finished, copies its result (``orchestration.tracking.copy_result``) instead of training.
+has finished, copies its result (``orchestration.reuse.copy_result``) instead of training.
 
 **The lease is an MLflow experiment** named ``tood-ablate.lease/<key>/<generation>``. MLflow has no
 atomic create-if-absent for runs or tags, but an experiment's name is unique in every store (a
@@ -36,13 +36,13 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from orchestration import tracking
+from orchestration import mlflow_store, reuse
 from orchestration.payload import TrialPayload
 from orchestration.provenance import code_fingerprint, staleness
 from orchestration.schema import LEASE_EXPERIMENT_PREFIX, WAITED_TAG
 
 HEARTBEAT_S = 10.0
-TTL_S = 90.0  # > HEARTBEAT_S + a heartbeat's worst wait on a locked store (tracking.RETRY_BUDGET_S)
+TTL_S = 90.0  # > HEARTBEAT_S + a heartbeat's worst wait on a locked store (mlflow_store.RETRY_BUDGET_S)
 POLL_MAX_S = 10.0  # a waiter polls at 1, 2, 4, 8, 10, 10, ... s
 WAIT_ENV = "TOOD_LEASE_WAIT_S"
 WAIT_S = 12 * 3600.0  # default longest wait of one attempt for another launch's training
@@ -123,7 +123,7 @@ def latest(client: MlflowClient, key: str) -> LeaseState | None:
     """The newest generation of ``key``'s lease (deleted ones included), None if never leased."""
     found, token = [], None
     while True:
-        page = tracking.retry(client.search_experiments, view_type=ViewType.ALL, max_results=1000, page_token=token,
+        page = mlflow_store.retry(client.search_experiments, view_type=ViewType.ALL, max_results=1000, page_token=token,
                               filter_string=f"name LIKE '{LEASE_EXPERIMENT_PREFIX}{key}/%'")
         found += [e for e in page if e.name.rsplit("/", 1)[-1].isdigit()]
         token = page.token
@@ -147,7 +147,7 @@ class Lease:
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
             try:
-                tracking.retry(self.client.set_experiment_tag, self.experiment_id, TAG + "heartbeat", str(_now_ms()))
+                mlflow_store.retry(self.client.set_experiment_tag, self.experiment_id, TAG + "heartbeat", str(_now_ms()))
             except Exception as e:  # noqa: BLE001 -- a missed beat is not the trial's failure; TTL_S allows for several
                 log.warning("lease of %s: heartbeat failed: %s", self.key, e)
 
@@ -164,10 +164,10 @@ def _end(client: MlflowClient, experiment_id: str, state: str, outcome: str = ""
     """Mark a generation ended and hide it. One that another process ended already (it took the
     lease over from this frozen holder) stays as that process left it."""
     try:
-        tracking.retry(client.set_experiment_tag, experiment_id, TAG + "state", state)
+        mlflow_store.retry(client.set_experiment_tag, experiment_id, TAG + "state", state)
         if outcome:
-            tracking.retry(client.set_experiment_tag, experiment_id, TAG + "outcome", outcome)
-        tracking.retry(client.delete_experiment, experiment_id)
+            mlflow_store.retry(client.set_experiment_tag, experiment_id, TAG + "outcome", outcome)
+        mlflow_store.retry(client.delete_experiment, experiment_id)
     except MlflowException as e:
         log.warning("lease experiment %s: already ended by another process (%s)", experiment_id, e)
 
@@ -183,11 +183,11 @@ def try_acquire(client: MlflowClient, key: str, holder: Holder, watch: Watch, tt
             return current
         name = lease_name(key, 0 if current is None else current.generation + 1)
         try:
-            experiment_id = tracking.retry(client.create_experiment, name, tags=holder.tags(key))
+            experiment_id = mlflow_store.retry(client.create_experiment, name, tags=holder.tags(key))
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            mine = tracking.retry(client.get_experiment_by_name, name)  # a retried create may have succeeded
+            mine = mlflow_store.retry(client.get_experiment_by_name, name)  # a retried create may have succeeded
             if mine is None or mine.tags.get(TAG + "token") != holder.token:
                 continue
             experiment_id = mine.experiment_id
@@ -203,7 +203,7 @@ def reusable_source(client: MlflowClient, key: str, policy: str) -> str | None:
     (trained by this process's code: :func:`orchestration.provenance.staleness`) or ``none``."""
     if policy == "none":
         return None
-    run = tracking.finished_by_key(client, {key}).get(key)
+    run = reuse.finished_by_key(client, {key}).get(key)
     if run is None or (policy == "fresh" and staleness(run.data.tags, code_fingerprint())):
         return None
     return run.info.run_id
@@ -231,7 +231,7 @@ def claim(client: MlflowClient, trial: TrialPayload, ttl_s: float = TTL_S, heart
             if waiting_for != got.holder:
                 waiting_for = got.holder
                 log.warning("trial key %s: waiting for %s, which trains it", key, waiting_for)
-                tracking.retry(client.set_tag, run_id, WAITED_TAG, waiting_for)
+                mlflow_store.retry(client.set_tag, run_id, WAITED_TAG, waiting_for)
             source = _finished_holder(client, got, policy)
             if source is None:
                 if time.monotonic() - t0 > limit:
@@ -241,9 +241,9 @@ def claim(client: MlflowClient, trial: TrialPayload, ttl_s: float = TTL_S, heart
                 delay = min(2 * delay, POLL_MAX_S)
                 continue
         if waiting_for:
-            tracking.retry(client.set_tag, run_id, WAITED_TAG, f"{waiting_for} ({time.monotonic() - t0:.0f} s)")
+            mlflow_store.retry(client.set_tag, run_id, WAITED_TAG, f"{waiting_for} ({time.monotonic() - t0:.0f} s)")
         for rid in trial.run_ids:
-            tracking.copy_result(client, source, rid)
+            reuse.copy_result(client, source, rid)
         return None
 
 
@@ -251,7 +251,7 @@ def _finished_holder(client: MlflowClient, lease: LeaseState, policy: str) -> st
     """The holder's run id once it finished with a result ``policy`` accepts (it releases just after)."""
     if policy == "none" or not lease.run_id:
         return None
-    run = tracking.retry(client.get_run, lease.run_id)
+    run = mlflow_store.retry(client.get_run, lease.run_id)
     if run.info.status != "FINISHED" or (policy == "fresh" and staleness(run.data.tags, code_fingerprint())):
         return None
     return lease.run_id

@@ -53,7 +53,8 @@ def config_from_params(params: dict[str, str]) -> dict[str, Any]:
 def measured_rate(client: Any, cpu: str) -> tuple[float, int]:
     """(seconds per cost unit, runs measured) over the store's finished trial runs that trained
     in one attempt on a CPU named ``cpu``; (nan, 0) when there is none."""
-    from orchestration.tracking import PREFIX_EPOCHS_TAG, retry
+    from orchestration.mlflow_store import retry
+    from orchestration.prefix_tags import PREFIX_EPOCHS_TAG
 
     exps = [e.experiment_id for e in retry(client.search_experiments, filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")]
     seconds, units, n, token = 0.0, 0.0, 0, None
@@ -112,7 +113,7 @@ def plan(grid_paths: list[str | Path], profile: str = "proxy", seeds: list[int] 
     from orchestration.host import machine
     from orchestration.prefix import plan_sharing
     from orchestration.provenance import stale_keys
-    from orchestration.tracking import finished_by_key
+    from orchestration.reuse import finished_by_key
 
     grids = [load_grid(p) for p in grid_paths]
     specs = [expand(g, profile, seeds, overrides or {}) for g in grids]

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestration import tracking
+from orchestration import prefix_tags, trial_run
 from orchestration.payload import TrialPayload
 from tood.cache import exclusive
 
@@ -103,7 +103,7 @@ class Sharing:
             waited = True
             time.sleep(POLL_S)
         if waited:
-            tracking.log_metrics(self.client, self.run_id, {"prefix_wait_s": time.monotonic() - t0}, step=attempt)
+            trial_run.log_metrics(self.client, self.run_id, {"prefix_wait_s": time.monotonic() - t0}, step=attempt)
         if start is not None:
             self._branch(start, attempt)
         return start
@@ -113,7 +113,7 @@ class Sharing:
 
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         source = (state.get("extra") or {}).get("mlflow_run_id", "")
-        tracking.copy_prefix(self.client, self.run_id, state["history"], source, int(state["epoch"]), attempt)
+        prefix_tags.copy_prefix(self.client, self.run_id, state["history"], source, int(state["epoch"]), attempt)
 
     # ---------------------------------------------------------------- the producer's side
 
@@ -128,7 +128,7 @@ class Sharing:
             return
         target = self.dir / f"{self.key}.pt"
         _atomic_copy(checkpoint, target)
-        tracking.tag_prefix(self.client, self.run_id, self.key, target)
+        prefix_tags.tag_prefix(self.client, self.run_id, self.key, target)
         self.partial.unlink(missing_ok=True)
         self.release()
 
@@ -190,7 +190,7 @@ def plan_sharing(client: Any, trials: list, specs_per_study: list[list[Any]], sh
 
     wanted = {t.prefix for t in trials if t.prefix}
     fresh = (lambda tags: not staleness(tags, code_fingerprint())) if rerun_stale else None
-    found = {} if rerun or client is None or not share else tracking.published_prefixes(client, wanted, fresh)
+    found = {} if rerun or client is None or not share else prefix_tags.published_prefixes(client, wanted, fresh)
     return share_prefixes(trials, specs_per_study, found, share)
 
 

@@ -146,7 +146,7 @@ def staleness(run_tags: dict[str, str], current: CodeFingerprint | None) -> str 
 
 
 def stale_keys(finished: dict[str, Any]) -> set[str]:
-    """The keys whose finished run (``orchestration.tracking.finished_by_key``'s: key -> MLflow run)
+    """The keys whose finished run (``orchestration.reuse.finished_by_key``'s: key -> MLflow run)
     was trained by other code than this checkout's: what ``--rerun-stale`` retrains."""
     current = code_fingerprint()
     return {key for key, run in finished.items() if staleness(run.data.tags, current)}

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestration.folders import storage_root
 from orchestration.payload import TrialPayload
-from orchestration.preflight import storage_root
 from tood.config import ConfigError
 
 LAUNCH_FILE, TRIALS_FILE = "tood_launch.json", "tood_trials.json"
@@ -78,7 +78,9 @@ def finish_launch(client, info: dict, errors: dict[str, str]) -> LaunchResult:
     """Reconcile every study's runs; the counts are summed over the studies. First, the child
     runs that read another study's trial get its result if it finished (a trial process
     normally copies it; this covers a driver killed in between)."""
-    from orchestration.tracking import copy_result, reconcile, retry
+    from orchestration.mlflow_store import retry
+    from orchestration.reuse import copy_result
+    from orchestration.tracking import reconcile
 
     trials_file = Path(info["path"]) / TRIALS_FILE
     for trial in map(TrialPayload.of, json.loads(trials_file.read_text()) if trials_file.exists() else []):

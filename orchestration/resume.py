@@ -17,13 +17,13 @@ def resume_launch(name: str, storage_path: str | None = None, address: str | Non
     checkpoint in their own MLflow runs; finished trials are not re-run."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration import preflight
+    from orchestration import ray_address, uris
     from orchestration.tracking import reopen_parent
 
     info = load_launch(name, storage_path)
-    info["tracking_uri"] = preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
+    info["tracking_uri"] = uris.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     opts = LaunchOptions(**info["options"])
-    ray_env = preflight.check_ray_address(address or opts.address)
+    ray_env = ray_address.check_ray_address(address or opts.address)
     if quiet is not None:
         opts.quiet = info["options"]["quiet"] = quiet
     path = Path(info["path"])
@@ -49,7 +49,9 @@ def reuse_finished_elsewhere(client, trials: list[TrialPayload], fresh_only: boo
     launch would (``fresh_only``: not one trained by other code, as with ``--rerun-stale``); the
     trial then reports that result and trains nothing. A trial that started keeps its own run
     and continues from its checkpoint: its history is its own. Returns the number of trials filled."""
-    from orchestration.tracking import ATTEMPTS_TAG, copy_result, finished_by_key, retry
+    from orchestration.mlflow_store import retry
+    from orchestration.reuse import copy_result, finished_by_key
+    from orchestration.schema import ATTEMPTS_TAG
 
     unstarted = {}
     for t in trials:
@@ -75,12 +77,14 @@ def launch_status(name: str, storage_path: str | None = None) -> tuple[dict, lis
     across a code change, :func:`orchestration.provenance.staleness`; '' when none)."""
     from mlflow.tracking import MlflowClient
 
-    from orchestration import preflight
+    from orchestration import uris
     from orchestration.provenance import CodeFingerprint, staleness
-    from orchestration.tracking import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG, child_runs, logged_steps
+    from orchestration.schema import ATTEMPTS_TAG, ERROR_TAG, REUSED_TAG
+    from orchestration.tracking import child_runs
+    from orchestration.trial_run import logged_steps
 
     info = load_launch(name, storage_path)
-    info["tracking_uri"] = preflight.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
+    info["tracking_uri"] = uris.check_tracking_uri(info["tracking_uri"], f"launch '{name}': tracking URI")
     client = MlflowClient(info["tracking_uri"])
     parents = {p: client.get_run(p) for p in launch_parents(info)}
     statuses = [run.info.status for run in parents.values()]

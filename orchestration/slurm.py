@@ -18,9 +18,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestration.folders import check_writable
 from orchestration.launch import LaunchOptions, check_options
 from orchestration.record import LAUNCH_FILE
-from orchestration.preflight import check_writable, normalise_tracking_uri
+from orchestration.uris import normalise_tracking_uri
 from tood.config import ConfigError, parse_override
 
 PORT_BASE, PORT_SLOTS, PORTS_PER_JOB = 20000, 4000, 10  # job ports: 20000 + (job id % 4000) * 10 + 0..6

@@ -28,7 +28,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from orchestration import tracking
+from orchestration import mlflow_store, reuse, trial_run
 from orchestration.host import host_tag
 from orchestration.lease import claim
 from orchestration.payload import TrialPayload
@@ -111,11 +111,11 @@ def _mlflow_log(client: MlflowClient, run_id: str) -> Callable[[dict[str, float]
     """Log an epoch's metrics unless an earlier attempt did: an attempt killed after logging
     epoch k but before Tune had its checkpoint retrains epoch k (exactly, from the same RNG
     state), and the run must hold it once."""
-    done = tracking.logged_steps(client, run_id)
+    done = trial_run.logged_steps(client, run_id)
 
     def log(metrics: dict[str, float], step: int) -> None:
         if step not in done:
-            tracking.log_metrics(client, run_id, metrics, step)
+            trial_run.log_metrics(client, run_id, metrics, step)
 
     return log
 
@@ -142,7 +142,7 @@ def _train_in_process(trial: TrialPayload, client: MlflowClient, work: Path, sha
         with checkpoint.as_directory() as d:
             shutil.copy(Path(d) / "last.pt", work / "last.pt")
             epoch = json.loads((Path(d) / STATE_FILE).read_text())["epoch"]
-        tracking.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
+        mlflow_store.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
         resume = True
     if start is not None:
         resume = start
@@ -210,7 +210,7 @@ def _train_data_parallel(trial: TrialPayload, client: MlflowClient, work: Path, 
     (work / "final_metrics.json").unlink(missing_ok=True)
     if (work / STATE_FILE).exists():
         epoch = json.loads((work / STATE_FILE).read_text())["epoch"]
-        tracking.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
+        mlflow_store.retry(client.set_tag, trial.run_id, "tood.resumed_from_epoch", str(epoch))
     use_gpu = trial.gpus_per_worker > 0
     resources = {"CPU": trial.cpus_per_worker, **({"GPU": trial.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -230,23 +230,23 @@ def _train_data_parallel(trial: TrialPayload, client: MlflowClient, work: Path, 
 def _log_attempt(client: MlflowClient, trial: TrialPayload, number: int, t0: float) -> None:
     """Wall time of this attempt (failed ones too: the compute report counts them) and the
     resources it held, for the report's compute accounting."""
-    tracking.log_metrics(client, trial.run_id, {"attempt_wall_s": time.monotonic() - t0}, step=number)
+    trial_run.log_metrics(client, trial.run_id, {"attempt_wall_s": time.monotonic() - t0}, step=number)
     for tag, per_worker in ((CPUS_TAG, trial.cpus_per_worker), (GPUS_TAG, trial.gpus_per_worker)):
-        tracking.retry(client.set_tag, trial.run_id, tag, str(per_worker * trial.workers))
-    tracking.retry(client.set_tag, trial.run_id, HOST_TAG, host_tag())
+        mlflow_store.retry(client.set_tag, trial.run_id, tag, str(per_worker * trial.workers))
+    mlflow_store.retry(client.set_tag, trial.run_id, HOST_TAG, host_tag())
 
 
 def _fill_aliases(client: MlflowClient, trial: TrialPayload) -> None:
     """Other studies' child runs of the same key read this trial's result (see orchestration.suite)."""
     for alias in trial.alias_run_ids:
-        tracking.copy_result(client, trial.run_id, alias)
+        reuse.copy_result(client, trial.run_id, alias)
 
 
 def _record_code(client: MlflowClient, run_id: str) -> None:
     """The code this process trains with (orchestration.provenance), on the run it trains: on a
     cluster a worker's checkout may differ from the driver's, whose code the run got at creation."""
     tags = [RunTag(k, v) for k, v in code_fingerprint().tags().items()]
-    tracking.retry(client.log_batch, run_id, tags=tags)
+    mlflow_store.retry(client.log_batch, run_id, tags=tags)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -254,14 +254,14 @@ def run_trial(config: dict[str, Any]) -> None:
     trial = TrialPayload.of(config["trial"])
     run_id = trial.run_id
     client = MlflowClient(trial.tracking_uri)
-    attempt = tracking.start_attempt(client, run_id)
+    attempt = trial_run.start_attempt(client, run_id)
     if attempt.finished:  # finished before the launch was interrupted: report, do not re-run
         _fill_aliases(client, trial)
         tune.report({**attempt.final_metrics, "already_finished": 1.0})
         return
     lease = claim(client, trial)  # one training per key across launches of the store (orchestration.lease)
     if lease is None:  # another launch trained the key meanwhile: its result was copied into this trial's runs
-        tune.report({**tracking.retry(client.get_run, run_id).data.metrics, "already_finished": 1.0})
+        tune.report({**mlflow_store.retry(client.get_run, run_id).data.metrics, "already_finished": 1.0})
         return
     _record_code(client, run_id)
     outcome = "retry"  # what the lease is closed with: an attempt killed or retried keeps it
@@ -281,7 +281,7 @@ def run_trial(config: dict[str, Any]) -> None:
             t0 = time.monotonic()  # the wait for a shared prefix is not training time (prefix_wait_s)
             metrics, checkpoint = _train_in_process(trial, client, work, sharing, start)
         _log_attempt(client, trial, attempt.number, t0)
-        tracking.finish_trial(client, run_id, trial.config, metrics, step=trial.epochs,
+        trial_run.finish_trial(client, run_id, trial.config, metrics, step=trial.epochs,
                               checkpoint=checkpoint if trial.log_checkpoints else None)
         _fill_aliases(client, trial)
         outcome = "finished"
@@ -292,7 +292,7 @@ def run_trial(config: dict[str, Any]) -> None:
         cause, budget = permanent_cause(e), trial.max_failures
         final = cause is not None or 0 <= budget < attempt.number
         outcome = "failed" if final else "retry"
-        tracking.record_error(client, run_id, cause or e, final=final)
+        trial_run.record_error(client, run_id, cause or e, final=final)
         if cause is not None:
             tune.report({PERMANENT_KEY: 1.0})  # PermanentErrors then denies the retry of the error raised below
         raise

@@ -59,7 +59,7 @@ class _PermanentErrorInOneLine(logging.Filter):
 @contextlib.contextmanager
 def ray_runtime(address: str | None, quiet: bool, env: dict[str, str] | None = None) -> Iterator[None]:
     """Join the cluster at ``address`` with ``env`` set for the driver (what
-    :func:`orchestration.preflight.check_ray_address` found it needs, e.g. ``RAY_AUTH_MODE=token``),
+    :func:`orchestration.ray_address.check_ray_address` found it needs, e.g. ``RAY_AUTH_MODE=token``),
     or start a local runtime sized to this machine (``$TOOD_RAY_OBJECT_STORE_MB``, default 256,
     of object store) and stop it afterwards. A runtime the caller already started is used as it is."""
     import ray

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from orchestration.folders import check_writable
 from orchestration.grid import TrialSpec, expand_grid, parse_seeds
-from orchestration.preflight import check_writable
 from orchestration.host import machine
 from orchestration.suite import trial_key
 from orchestration.tracking import git_commit

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="reports_out", help="output folder (default: reports_out)")
     parser.add_argument("--format", default="md,tex,html", help="table files to write (default: md,tex,html)")
     args = parser.parse_args(argv)
-    from orchestration.preflight import check_tracking_uri, check_writable
+    from orchestration.folders import check_writable
+    from orchestration.uris import check_tracking_uri
     from reports.render import parse_formats, write_tables
     from tood.config import ConfigError
 

@@ -21,8 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.host import Machine
+from orchestration.prefix_tags import PREFIX_EPOCHS_TAG, PREFIX_SAVED_METRIC
 from orchestration.schema import ATTEMPTS_TAG, CPUS_TAG, GPUS_TAG
-from orchestration.tracking import PREFIX_EPOCHS_TAG, PREFIX_SAVED_METRIC
 from reports.tables import RowSummary, Table
 
 WALL_METRIC = "attempt_wall_s"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestration.preflight import check_writable
+from orchestration.folders import check_writable
 from orchestration.schema import PROFILE_TAG, default_tracking_uri
 from reports.collect import NoRunsError, StudyData, collect_study, list_studies, open_client
 from reports.export import write_csv
@@ -104,8 +104,8 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
 
 def _diagnose(grid: str, launch: str | None, storage_path: str | None, out: Path) -> None:
     """PCC diagnostics of ``grid``'s checkpoints, found with the launch's profile, seeds and --set."""
+    from orchestration.folders import storage_root
     from orchestration.record import load_launch
-    from orchestration.preflight import storage_root
     from reports.alignment_diagnostics import main as diagnose_main
 
     if not launch:

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.all and args.study is None and args.parent == "latest":
         parser.error("give a STUDY, --all, or --parent RUN_ID")
     formats = parse_formats(parser, args.format)
-    from orchestration.preflight import check_writable
+    from orchestration.folders import check_writable
     from tood.config import ConfigError
 
     try:

@@ -31,9 +31,9 @@ import pandas as pd
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
+from orchestration.mlflow_store import retry
 from orchestration.mlflow_ui import ROWS_VIEW, SUMMARY_ROLE, SUMMARY_VIEW, run_url, summary_view_tags, view_url
 from orchestration.schema import ROLE_TAG, STUDY_TAG, TABLE_TAG
-from orchestration.tracking import retry
 from reports.document import StudyReport
 from reports.formats import to_markdown
 from reports.tables import RowSummary, Table, study_title

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestration.tracking import ensure_experiment, log_metrics
+from orchestration.tracking import ensure_experiment
+from orchestration.trial_run import log_metrics
 from tests.test_orchestration import FINAL, SMOKE, _steps, _study_runs, launch  # noqa: F401 (fixture)
 from tests.test_security import _descendants
 
@@ -106,7 +107,7 @@ def test_eight_processes_write_to_one_sqlite_store(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     client = MlflowClient(uri)
     exp = ensure_experiment(client, "concurrency")
-    from orchestration.tracking import enable_wal
+    from orchestration.mlflow_store import enable_wal
 
     enable_wal(uri)
     with sqlite3.connect(tmp_path / "mlruns.db") as db:

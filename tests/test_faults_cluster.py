@@ -190,7 +190,7 @@ class DownServer:
 def test_mlflow_server_restarted_mid_grid_loses_no_metrics(tmp_path):
     """Stop the server once a trial checkpointed; keep it down until a trial's metrics,
     stamped during the outage, were refused (``DownServer``); start it again on the same
-    port and store. MLflow's own HTTP retries are off, so tracking.retry alone carries the
+    port and store. MLflow's own HTTP retries are off, so mlflow_store.retry alone carries the
     trials through; the metrics stamped during the outage must be in the store."""
     env = {**_env(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "TOOD_RAY_OBJECT_STORE_MB": "100"}
     port, driver, servers, down_server = _free_port(), None, [], None

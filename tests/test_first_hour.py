@@ -20,12 +20,13 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
+from orchestration.datasets import check_dataset, check_datasets, dataset_cache_file
+from orchestration.folders import storage_root
 from orchestration.grid import expand, expand_grid, load_grid
-from orchestration.preflight import (TRACKING_FORMS, check_dataset, check_datasets, dataset_cache_file,
-                                     normalise_tracking_uri, storage_root)
 from orchestration import progress
 from orchestration.progress import dispatch_gap, eta_seconds, suite_line
 from orchestration.suite import schedule, trial_key, unique_trials
+from orchestration.uris import TRACKING_FORMS, normalise_tracking_uri
 from tood.config import ConfigError, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.grid import expand_grid, load_grid, resolved_grid
 from orchestration.progress import counts, describe, trial_line
-from orchestration.tracking import create_launch_runs, finish_trial, log_metrics, reconcile, record_error, start_attempt
+from orchestration.tracking import create_launch_runs, reconcile
+from orchestration.trial_run import finish_trial, log_metrics, record_error, start_attempt
 from tood.config import build_config, flatten
 from tood.eval.alignment import PCC_PROTOCOL
 from tood_ablate.cli import main

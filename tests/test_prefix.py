@@ -348,7 +348,7 @@ def _history(client, run_id: str, key: str = "loss_total") -> list[tuple[int, fl
 
 
 def test_branches_wait_for_the_producer_and_copy_its_epochs(store, tmp_path):
-    from orchestration.tracking import PREFIX_CHECKPOINT_TAG, PREFIX_EPOCHS_TAG, PREFIX_FROM_TAG, PREFIX_KEY_TAG
+    from orchestration.prefix_tags import PREFIX_CHECKPOINT_TAG, PREFIX_EPOCHS_TAG, PREFIX_FROM_TAG, PREFIX_KEY_TAG
 
     client, (a, b, _), folder = store
     producer, branch = _sharing(client, a, folder), _sharing(client, b, folder)
@@ -413,7 +413,7 @@ def test_a_stale_lease_is_taken_and_a_found_prefix_needs_none(store, tmp_path, m
 
 
 def test_published_prefixes_are_found_by_key_while_their_file_exists(store, tmp_path):
-    from orchestration.tracking import published_prefixes, tag_prefix
+    from orchestration.prefix_tags import published_prefixes, tag_prefix
 
     client, (a, b, _), _ = store
     kept, gone = _fake_checkpoint(tmp_path / "kept.pt", 2, a), tmp_path / "gone.pt"
@@ -427,7 +427,7 @@ def test_rerun_stale_skips_prefixes_published_by_other_code(store, tmp_path, mon
     by a plain launch and not with --rerun-stale, which then trains the prefix again."""
     from orchestration.prefix import plan_sharing
     from orchestration.provenance import PRETEND_ENV, code_fingerprint
-    from orchestration.tracking import published_prefixes, tag_prefix
+    from orchestration.prefix_tags import published_prefixes, tag_prefix
 
     client, (a, b, _), _ = store
     here = code_fingerprint()
@@ -609,7 +609,8 @@ def test_a_branched_runs_copied_epochs_count_once_in_the_compute_table(store):
     import pandas as pd
 
     from orchestration.host import Machine
-    from orchestration.tracking import copy_prefix, log_metrics
+    from orchestration.prefix_tags import copy_prefix
+    from orchestration.trial_run import log_metrics
     from reports.compute import EVAL_COLUMN, SAVED_COLUMN, compute_table, trial_compute
 
     client, (producer, branch, _), _ = store

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.tracking import MASK, is_secret_name, mask_nested, mask_secrets, retry
+from orchestration.masking import MASK, is_secret_name, mask_nested, mask_secrets
+from orchestration.mlflow_store import retry
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,10 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import tood_ablate.sequential as sequential
+from orchestration.folders import storage_root
 from orchestration.grid import expand, load_grid, resolved_grid
 from orchestration.launch import LaunchOptions, _only_row_seeds, _seeds_of
-from orchestration.preflight import storage_root
-from orchestration.tracking import create_launch_runs, finish_trial
+from orchestration.tracking import create_launch_runs
+from orchestration.trial_run import finish_trial
 from tood.config import ConfigError
 
 # TOOD minus ATSS per seed: anchor-free 5 + 0.1 x noise (decided at the first look, 3 seeds); anchor-based

@@ -26,12 +26,15 @@ from mlflow.tracking import MlflowClient
 
 from orchestration import lease as leases
 from orchestration.grid import expand_grid, load_grid, resolved_grid
+from orchestration.mlflow_store import prepare_store
 from orchestration.payload import TrialPayload
 from orchestration.provenance import (NOT_TRAINING, PACKAGE, PRETEND_ENV, CodeFingerprint, code_fingerprint, stale_keys,
                                       staleness)
+from orchestration.reuse import copy_result
 from orchestration.schema import CODE_COMMIT_TAG, CODE_FILES_TAG, CODE_HASH_TAG, COMMIT_TAG, DIRTY_TAG, WAITED_TAG
 from orchestration.suite import trial_key
-from orchestration.tracking import copy_result, create_launch_runs, finish_trial, log_metrics, prepare_store, start_attempt
+from orchestration.tracking import create_launch_runs
+from orchestration.trial_run import finish_trial, log_metrics, start_attempt
 from tests.test_cluster import Service, _free_port, _healthy
 from tests.test_orchestration import SMOKE, Driver, _cli, _env, launch  # noqa: F401  (fixture)
 

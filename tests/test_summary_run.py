@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from orchestration.grid import expand_grid, load_grid, resolved_grid  # noqa: E402
 from orchestration.mlflow_ui import ROWS_VIEW, SUMMARY_VIEW, VIEW_TAG_PREFIX  # noqa: E402
-from orchestration.tracking import create_launch_runs, finish_trial, log_metrics, reconcile, start_attempt  # noqa: E402
+from orchestration.tracking import create_launch_runs, reconcile  # noqa: E402
+from orchestration.trial_run import finish_trial, log_metrics, start_attempt  # noqa: E402
 from reports.render import main, render_report  # noqa: E402
 from reports.summary_run import row_name, summary_runs  # noqa: E402
 

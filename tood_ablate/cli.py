@@ -11,7 +11,7 @@ from collections import Counter
 from orchestration.grid import parse_seeds
 from orchestration.launch import LaunchOptions, run_suite, suite_grids
 from orchestration.resume import launch_status, resume_launch
-from orchestration.preflight import DEFAULT_STORAGE
+from orchestration.folders import DEFAULT_STORAGE
 from tood.config import ConfigError, parse_override
 
 
@@ -136,8 +136,8 @@ REPORT_COMMANDS = {"report": "reports.render", "diagnose": "reports.alignment_di
 def checked_store_args(argv: list[str]) -> list[str]:
     """``argv`` of a report command with each MLflow store it names (``--tracking-uri X``,
     ``--tracking-uri=X``, compare's ``--recipe LABEL URI``; else ``$MLFLOW_TRACKING_URI``)
-    checked and normalised by :func:`orchestration.preflight.check_tracking_uri`."""
-    from orchestration.preflight import check_tracking_uri
+    checked and normalised by :func:`orchestration.uris.check_tracking_uri`."""
+    from orchestration.uris import check_tracking_uri
 
     out = list(argv)
     for i, arg in enumerate(out):

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from orchestration.folders import storage_root
 from orchestration.grid import expand, load_grid
 from orchestration.launch import LaunchOptions, run_suite
-from orchestration.preflight import check_tracking_uri, storage_root
 from orchestration.schema import default_tracking_uri
+from orchestration.uris import check_tracking_uri
 from reports.claim_planner import Claim, Plan, next_round
 from reports.claim_tests import LOOKS, check_looks
 from reports.claims import Comparison, compare, seed_values
