@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tood-ablate doctor", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("grid", nargs="*", help="grid files of the launch (default: experiments/base.yaml alone)")
-    p.add_argument("--profile", default="proxy", help="config profile: proxy, proxy_long, smoke or coco")
+    p.add_argument("--profile", default="proxy", help="config profile: proxy, proxy_long, proxy_budget, smoke or coco")
     p.add_argument("--address", help="Ray cluster the launch will join (default: local Ray)")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db)")
     p.add_argument("--storage-path", help="Ray storage of the launch (default: <cwd>/runs/ray)")

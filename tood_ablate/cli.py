@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "code than this checkout's tood/ (reused by default, marked in "
                                                               "`status` and the report)")
     r.add_argument("--profile", default="proxy", help="config profile of base.yaml: proxy (CPU, synthetic, 16 epochs), proxy_long "
-                                                      "(the same, 32 epochs), smoke (any grid in a couple of minutes: tiny "
+                                                      "(the same, 32 epochs), proxy_budget (24 epochs, lr linear to "
+                                                      "zero), smoke (any grid in a couple of minutes: tiny "
                                                       "synthetic data, 2 epochs) or coco (data.root: a COCO 2017 folder)")
     r.add_argument("--seeds", help="comma-separated seeds replacing the grid's, e.g. 0,1 (default: the grid's seeds)")
     r.add_argument("--address", help="join a Ray cluster: auto, host:port or ray://host:port; with token authentication "
