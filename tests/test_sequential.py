@@ -3,6 +3,7 @@ layout, where each (row, seed) "trains" to a value chosen by the test (run_suite
 which claims decide at which look is known in advance."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -131,6 +132,34 @@ def test_interrupted_round_continues_with_the_same_plan(setup, monkeypatch):
     assert _seeds(fake.rounds[-1], "TOOD (anchor-based)") == [0, 1, 2, 3, 4]
     assert _seeds(fake.rounds[-1], "TOOD (anchor-free)") == [0, 1, 2]
     assert len(fake.trained) == len(set(fake.trained))
+
+
+def test_first_round_cut_short_on_another_machine_still_gives_every_row_the_first_look(setup, monkeypatch):
+    """Round 1 stops with a trial KILLED; the same command then runs where the launch folders are
+    gone (a new machine with the committed store): every row still gets the first look's seeds,
+    a row with some of them finished included, and nothing trains twice."""
+    grid, opts = setup
+    fake = FakeLaunches(fail_round=1)
+    monkeypatch.setattr(sequential, "run_suite", fake)
+    assert sequential.run_until_decided([grid], opts, max_seeds=3, looks=(3,)) == 1
+    assert fake.trained[-1] != ("TOOD (anchor-based)", 2)  # the killed trial
+    elsewhere = dataclasses.replace(opts, storage_path=str(Path(opts.storage_path).parent / "ray-new-machine"))
+    assert sequential.run_until_decided([grid], elsewhere, max_seeds=3, looks=(3,)) == 0
+    assert all(seeds == [0, 1, 2] for seeds in fake.rounds[1].values()), fake.rounds[1]
+    assert ("TOOD (anchor-based)", 2) in fake.trained and len(fake.trained) == len(set(fake.trained)) == 12
+
+
+def test_a_row_with_some_first_look_seeds_finished_gets_the_rest():
+    """A row in no claim (e.g. one that did not train long enough to compare) whose first round was
+    cut short keeps its finished seeds and gets the rest of the first look's."""
+    import pandas as pd
+
+    grid = SimpleNamespace(study="s", rows=[{"label": "a"}, {"label": "b"}, {"label": "c"}])
+    trials = pd.DataFrame({"row": ["a", "a", "a", "b"], "seed": [0, 1, 2, 1], "status": ["FINISHED"] * 3 + ["FINISHED"]})
+    studies = [SimpleNamespace(study="s", trials=trials)]
+    plan = SimpleNamespace(seeds={"s/a/AP": {3, 4}})
+    assert sequential.row_seeds_for_round([grid], studies, plan, 3) == {"s/a": [0, 1, 2, 3, 4], "s/b": [0, 1, 2], "s/c": [0, 1, 2]}
+    assert sequential.row_seeds_for_round([grid], [], None, 3) == {"s/a": [0, 1, 2], "s/b": [0, 1, 2], "s/c": [0, 1, 2]}
 
 
 def test_bad_options_are_config_errors(setup):

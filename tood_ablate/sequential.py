@@ -76,8 +76,9 @@ def finished_seeds(studies: list[StudyData]) -> dict[tuple[str, str], set[int]]:
 
 
 def row_seeds_for_round(grids: list, studies: list[StudyData], plan: Plan | None, first: int) -> dict[str, list[int]]:
-    """study/row -> the seeds its next launch holds: what it finished, plus what the plan asks
-    (a row in no claim, or a first round: seeds 0..first-1)."""
+    """study/row -> the seeds its next launch holds: seeds 0..first-1 (the first look), what it
+    finished, and what the plan asks. The first look always: a first round cut short leaves rows
+    with some of its seeds, and a row in no claim gets no asks to complete them."""
     have = finished_seeds(studies)
     asked: dict[tuple[str, str], set[int]] = {}
     for key, seeds in (plan.seeds.items() if plan else []):
@@ -87,8 +88,8 @@ def row_seeds_for_round(grids: list, studies: list[StudyData], plan: Plan | None
     for g in grids:
         for r in g.rows:
             key = (g.study, r["label"])
-            seeds = have.get(key, set()) | asked.get(key, set())
-            out[f"{g.study}/{r['label']}"] = sorted(seeds or set(range(first)))
+            seeds = set(range(first)) | have.get(key, set()) | asked.get(key, set())
+            out[f"{g.study}/{r['label']}"] = sorted(seeds)
     return out
 
 
