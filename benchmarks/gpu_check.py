@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             torch.cuda.empty_cache()  # the launch's trials get the memory of the steps before
         now = time.monotonic()
-        limit = min(end - now, args.budget * SHARES[name]) if name in SHARES else end - now
+        limit = max(0.0, min(end - now, args.budget * SHARES[name]) if name in SHARES else end - now)
         t0 = time.perf_counter()
         alarm = {"fired": False}
         try:

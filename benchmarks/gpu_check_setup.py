@@ -22,14 +22,30 @@ class StepTimeout(Exception):
     """A step used up its share of the budget."""
 
 
+RETRY_S = 0.05  # how soon an alarm that fell inside an import fires again
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def time_limit(seconds: float):
     """Raise :class:`StepTimeout` in the main thread after ``seconds`` (at the next Python line).
-    Yields a dict whose ``fired`` says whether the alarm went off: raised inside an import, the
-    timeout can surface later as another error (a half-initialised module)."""
+    An alarm that falls inside an import waits for the import to finish (it fires again every
+    ``RETRY_S``): raised there, it would leave a half-initialised module behind, and a later step
+    importing it would fail with an unrelated error. Yields a dict whose ``fired`` says whether the
+    timeout was raised."""
     state = {"fired": False}
 
     def expire(signum, frame):
+        if _inside_import(frame):
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+            return
         state["fired"] = True
         raise StepTimeout(f"ran past its budget of {seconds:.1f} s")
 

@@ -97,3 +97,21 @@ def test_a_step_out_of_budget_is_recorded_and_the_next_steps_still_run(tmp_path)
     train = report["steps"]["train"]  # 0.25 s cannot build and step a model
     assert not train["ok"] and train["error"].startswith("StepTimeout: ran past its budget")
     assert train["step_s"] < 5
+
+
+def test_an_alarm_inside_an_import_waits_for_the_import_to_finish(tmp_path, monkeypatch):
+    """Raised inside an import, the timeout would leave a half-initialised module (seen: a later
+    step importing it failed with a RecursionError); the alarm fires once the import is done."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_check_setup import StepTimeout, time_limit
+
+    (tmp_path / "slow_module_for_alarm.py").write_text(
+        "import time\nend = time.monotonic() + 0.3\nwhile time.monotonic() < end:\n    pass\nDONE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(StepTimeout), time_limit(0.02) as alarm:
+        import slow_module_for_alarm
+        while True:  # past the import the alarm must fire
+            pass
+    assert alarm["fired"] and time.monotonic() - t0 >= 0.3
+    assert sys.modules["slow_module_for_alarm"].DONE
