@@ -18,6 +18,7 @@ from orchestration.grid import expand, load_grid, resolved_grid
 from orchestration.launch import LaunchOptions, _only_row_seeds, _seeds_of
 from orchestration.tracking import create_launch_runs
 from orchestration.trial_run import finish_trial
+from reports.claim_planner import Plan
 from tood.config import ConfigError
 
 # TOOD minus ATSS per seed: anchor-free 5 + 0.1 x noise (decided at the first look, 3 seeds); anchor-based
@@ -208,3 +209,12 @@ def test_until_decided_end_to_end_on_tiny_trainings(tmp_path):
     latest = max(parents, key=lambda p: p.info.start_time)
     assert "sequential_claims.json" in {a.path for a in client.list_artifacts(latest.info.run_id)}
     assert (tmp_path / "ray" / "ends_sequential_claims.md").read_text().count("| ends |") == 4  # Table 6's four claims
+
+
+def test_the_fixed_design_in_cpu_hours_by_hand():
+    plan = Plan(looks=(3, 5), levels=(0.025, 0.025), claims=(), seeds={})
+    notes = sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=4.0).notes
+    # 4.0 CPU h over 16 trainings: 0.25 each; 20 trainings: 5.0 CPU h, 1.0 more than the rounds
+    assert "mean of 0.250 CPU h per training, the fixed design would cost about 5.0 CPU h: +1.0 CPU h" in notes[-1]
+    assert not any("fixed design would cost" in n for n in
+                   sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=float("nan")).notes)

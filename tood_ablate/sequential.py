@@ -131,6 +131,10 @@ def sequential_table(plan: Plan, comps: list[Comparison], spent: int, fixed: int
              "of a wrong verdict stays at alpha over all its looks (reports/claim_tests.py).",
              f"Trainings spent: {spent}; a fixed design with {plan.looks[-1]} seeds in every row: {fixed}. "
              f"Decided claims: {decided} of {len(comps)}; per CPU-hour: {rate} ({cpu_h:.2f} CPU h)."]
+    if spent and cpu_h and not math.isnan(cpu_h):
+        per = cpu_h / spent
+        notes.append(f"At this launch's mean of {per:.3f} CPU h per training, the fixed design would cost about "
+                     f"{fixed * per:.1f} CPU h: {fixed * per - cpu_h:+.1f} CPU h against the rounds.")
     return Table(SEQUENTIAL_ARTIFACT, "Claims decided in rounds of seeds",
                  ["Study", "Claim", "Shape", "δ", "Test", "n", "Looks", "Interval", "Verdict", "State", "Seeds to decide"],
                  body, notes)
