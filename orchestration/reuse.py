@@ -9,7 +9,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from orchestration.mlflow_store import retry
-from orchestration.schema import CODE_COMMIT_TAG, CODE_TAGS, COMMIT_TAG, EXPERIMENT_PREFIX, KEY_TAG, REUSED_TAG
+from orchestration.schema import CODE_COMMIT_TAG, CODE_TAGS, COMMIT_TAG, EXPERIMENT_PREFIX, HOST_TAG, KEY_TAG, REUSED_TAG
 
 
 def finished_by_key(client: MlflowClient, keys: set[str]) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def finished_by_key(client: MlflowClient, keys: set[str]) -> dict[str, Any]:
 
 def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
     """Fill child run ``target_id`` with the result of ``source_id`` (every metric's history),
-    tag it ``tood.reused_from`` = the source, and finish it. A target already FINISHED is
+    tag it ``tood.reused_from`` = the source (and where the source trained: ``tood.host``), and finish it. A target already FINISHED is
     left alone (resume calls this again). Returns whether it copied."""
     if retry(client.get_run, target_id).info.status == "FINISHED":
         return False
@@ -42,7 +42,8 @@ def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
     for i in range(0, len(history), 1000):
         retry(client.log_batch, target_id, metrics=history[i : i + 1000])
     for tag, value in {REUSED_TAG: source_id, "tood.reused_from_experiment": source.info.experiment_id,
-                       "tood.reused_from_name": source.info.run_name, **_code_tags_of(source.data.tags)}.items():
+                       "tood.reused_from_name": source.info.run_name, **_code_tags_of(source.data.tags),
+                       **{t: source.data.tags[t] for t in (HOST_TAG,) if t in source.data.tags}}.items():
         retry(client.set_tag, target_id, tag, value)
     target_tags = retry(client.get_run, target_id).data.tags
     for tag in (set(CODE_TAGS) - set(_code_tags_of(source.data.tags))) & set(target_tags):  # the launch's, not the result's

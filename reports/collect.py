@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from orchestration.grid import ClaimSpec
-from orchestration.schema import EXPERIMENT_PREFIX, TABLE_TAG, experiment_name
+from orchestration.schema import EXPERIMENT_PREFIX, HOST_TAG, TABLE_TAG, experiment_name
 from reports.grid_rows import (
     GridRow,
     grid_claim,
@@ -135,6 +135,23 @@ def _common_params(runs: list[Run]) -> dict[str, str]:
     return common
 
 
+def trained_hosts(client: MlflowClient, trials: pd.DataFrame) -> list[str]:
+    """Each trial's ``tood.host``: where its result was trained. A reused result written before the
+    tag was copied along carries none; it is read from the run it was reused from."""
+    sources: dict[str, str] = {}
+    hosts = []
+    for host, source in zip(trials["host"], trials["reused_from"]):
+        if not host and source:
+            if source not in sources:
+                try:
+                    sources[source] = client.get_run(source).data.tags.get(HOST_TAG, "")
+                except MlflowException:  # the source run was deleted
+                    sources[source] = ""
+            host = sources[source]
+        hosts.append(host)
+    return hosts
+
+
 def collect_study(client: MlflowClient, study: str | None, parent: str = "latest") -> StudyData:
     """Everything the report needs from one launch of a study (``parent``: run id or 'latest')."""
     parent_run = find_parent(client, study, parent)
@@ -143,6 +160,8 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
     runs = trial_runs(client, experiment.experiment_id, parent_run.info.run_id)
     trials = trials_frame(runs)
     trials["stale"] = stale_column(runs, trials, parent_run.data.tags)
+    if "host" in trials:
+        trials["host"] = trained_hosts(client, trials)
     grid = load_grid_yaml(client, parent_run.info.run_id)
     grid_rows, source = parse_grid_rows(grid), "grid.yaml artifact"
     if not grid_rows:

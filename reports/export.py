@@ -3,7 +3,8 @@
 ``python -m reports.export --all --out per_seed.csv [--header "command: ..."]`` writes a CSV
 whose first lines (``# ...``) say where the numbers come from: each study's launch (parent run
 and git commit), the machine the trials recorded, the extra ``--header`` lines; then the
-columns of :data:`COLUMNS` (metrics 0-100 for AP, 0-1 for PCC and IoU, counts for the rest).
+columns of :data:`COLUMNS` (metrics 0-100 for AP, 0-1 for PCC and IoU, counts for the rest; ``cpu``:
+where the result was trained).
 """
 from __future__ import annotations
 
@@ -16,16 +17,32 @@ import pandas as pd
 
 from orchestration.schema import default_tracking_uri
 from reports.collect import StudyData, collect_study, list_studies, open_client
+from reports.tables import Table
 
 COLUMNS = ("study", "row", "seed", "status", "AP", "AP50", "AP75", "APs", "APm", "APl", "PCC", "PCC_spearman",
            "PCC_image", "pcc_n_mean", "top10_iou", "n_correct", "n_redundant", "n_error", "run_id", "reused_from",
-           "trial_key", "git_commit")
+           "trial_key", "git_commit", "cpu")
 
 
 def per_seed_frame(data: StudyData) -> pd.DataFrame:
-    """One line per trial of a study's launch, in grid-row then seed order."""
-    t = data.trials.assign(study=data.study).sort_values(["row_index", "seed"])
+    """One line per trial of a study's launch, in grid-row then seed order; ``cpu``: the CPU model of
+    the machine that trained the result ('' where it was not recorded)."""
+    hosts = data.trials["host"] if "host" in data.trials else [""] * len(data.trials)
+    cpus = [json.loads(h)["cpu"] if h else "" for h in hosts]
+    t = data.trials.assign(study=data.study, cpu=cpus).sort_values(["row_index", "seed"])
     return t.reindex(columns=list(COLUMNS))
+
+
+def machines_table(studies: list[StudyData]) -> Table:
+    """Which CPU trained which seeds of each row (from :func:`per_seed_frame`'s ``cpu``)."""
+    frame = pd.concat([per_seed_frame(d) for d in studies], ignore_index=True)
+    frame["cpu"] = frame["cpu"].replace("", "not recorded")
+    body = [[study, row, cpu, ",".join(str(int(s)) for s in sorted(g["seed"]))]
+            for (study, row, cpu), g in frame.groupby(["study", "row", "cpu"], sort=False)]
+    kinds = sorted(set(frame["cpu"]))
+    return Table("machines", "Where each row's seeds were trained", ["Study", "Row", "CPU", "Seeds"], body,
+                 [f"{len(kinds)} CPU kind(s): {'; '.join(kinds)}. 'not recorded': trained before trials tagged "
+                  "their machine (tood.host)."])
 
 
 def header_lines(studies: list[StudyData], extra: list[str]) -> list[str]:

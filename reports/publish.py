@@ -2,7 +2,7 @@
 
 Writes into ``--out``: the report of every study (md/tex/html tables, plots, ``report.html``),
 ``per_seed.csv`` (one line per trial, headed by the launches, commits, machines and the
-command), a consistent single-file copy of a sqlite store (``mlruns.db``), and, given the
+command), ``machines.md`` (which CPU trained which seeds of each row), a consistent single-file copy of a sqlite store (``mlruns.db``), and, given the
 launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
 diagnostics of the grids named by ``--diagnose``. The folder's entry in the index
 (``--index``, default ``<out>/../index.yaml``) is replaced: study -> launch, parent run,
@@ -23,7 +23,8 @@ import yaml
 from orchestration.folders import check_writable
 from orchestration.schema import PROFILE_TAG, default_tracking_uri
 from reports.collect import NoRunsError, StudyData, collect_study, list_studies, open_client
-from reports.export import write_csv
+from reports.export import machines_table, write_csv
+from reports.formats import to_markdown
 from reports.render import render_report
 from tood.config import ConfigError
 
@@ -84,6 +85,7 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
             continue
     render_report(None, tracking_uri, out, log=False)  # the published store stays as the launches left it
     write_csv(studies, out / "per_seed.csv", [f"command: {command}"] if command else [])
+    (out / "machines.md").write_text(to_markdown(machines_table(studies)), encoding="utf-8")
     entry = {"command": command or "not given", "published": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
              "store": None, "studies": {d.study: study_entry(d) for d in studies}}
     if tracking_uri.startswith("sqlite:///"):

@@ -383,11 +383,13 @@ def test_resume_reuses_what_another_launch_finished_meanwhile(tmp_path, monkeypa
         for epoch in (1, 2):
             log_metrics(client, b[i], {"loss_total": 1.0 / epoch}, step=epoch)
         finish_trial(client, b[i], specs[i].config, {"AP": 40.0 + i}, step=2)
+        client.set_tag(b[i], "tood.host", f'{{"cpu": "B{i}"}}')  # where B trained it
 
     assert reuse_finished_elsewhere(client, trials) == 1
     for rid in (a[0], a_alias[0]):
         run = client.get_run(rid)
         assert run.info.status == "FINISHED" and run.data.tags["tood.reused_from"] == b[0] and run.data.metrics["AP"] == 40.0
+        assert run.data.tags["tood.host"] == '{"cpu": "B0"}'  # the copy says where its result was trained
         assert [(m.step, m.value) for m in client.get_metric_history(rid, "loss_total")] == [(1, 1.0), (2, 0.5)]
     started = client.get_run(a[1])
     assert started.info.status == "RUNNING" and "tood.reused_from" not in started.data.tags and "AP" not in started.data.metrics

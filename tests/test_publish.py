@@ -44,6 +44,8 @@ def test_publish_writes_the_folder_its_index_and_a_store_that_renders_the_same(t
                                latest).fetchone()[0]
     assert len(frame) == children and set(frame["study"]) == {"smoke", "table2_assignment", "table6_alignment"}
     assert (out / "report.html").is_file() and (out / "table6_alignment" / "table6.md").is_file()
+    machines = [line.split(" | ") for line in (out / "machines.md").read_text().splitlines() if line.startswith("| ")][1:]
+    assert sum(len(m[3].split(",")) for m in machines) == len(frame)  # every trial's seed, once
 
     # the copy is a complete store: the same runs, and it renders the same table
     assert _runs(out / "mlruns.db") == _runs(store.root / "mlruns.db")

@@ -11,6 +11,7 @@ os.environ["DO_NOT_TRACK"] = "true"
 
 import re  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -21,6 +22,7 @@ from reports.claims import NEEDS_SEEDS, NOT_TRAINED  # noqa: E402
 from reports.collect import collect_study, open_client  # noqa: E402
 from reports.compute import TrialCompute, summary_compute_table  # noqa: E402
 from reports.document import build_study_report, summary_tables  # noqa: E402
+from reports.export import machines_table, per_seed_frame  # noqa: E402
 from reports.formats import to_latex, to_markdown  # noqa: E402
 from reports.pairs import delta_note  # noqa: E402
 from reports.render import render_report  # noqa: E402
@@ -261,3 +263,28 @@ def test_headline_table_opens_the_html_section(tmp_path):
            'seeds 0,1,2; commit abc1234.</span>' in section
     assert '<td class="no-verdict">needs &gt;= 2 seeds: tood-ablate run experiments/table6_alignment.yaml ' \
            '--profile proxy --seeds 0,1,2</td>' in section
+
+
+def test_a_reused_result_reports_the_machine_that_trained_it(tmp_path):
+    """A reused child run written before reuse copied ``tood.host`` has none: the report reads the
+    source run's; a run that trained itself keeps its own; a source gone from the store gives ''."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.create_experiment("tood-ablate/table3_tood", artifact_location=str(tmp_path / "a"))
+    xeon, epyc = ('{"cpu": "Xeon", "cores": 2, "gpu": "none"}', '{"cpu": "EPYC", "cores": 2, "gpu": "none"}')
+    first = _parent(client, exp, "table3_tood", "table3", "train", 1000)
+    src = [_run(client, exp, first, "table3", 0, "ATSS (anchor-free)", s, {}, {"AP": 40.0}, {"AP": 30.0 + s}, {}, 1001,
+                {"tood.host": xeon}) for s in (0, 1)]
+    later = _parent(client, exp, "table3_tood", "table3", "again", 2000)
+    _run(client, exp, later, "table3", 0, "ATSS (anchor-free)", 0, {}, {"AP": 40.0}, {"AP": 30.0}, {}, 2001,
+         {"tood.reused_from": src[0]})  # no host: read from the source
+    _run(client, exp, later, "table3", 0, "ATSS (anchor-free)", 1, {}, {"AP": 40.0}, {"AP": 31.0}, {}, 2001,
+         {"tood.host": epyc})  # trained here
+    _run(client, exp, later, "table3", 0, "ATSS (anchor-free)", 2, {}, {"AP": 40.0}, {"AP": 32.0}, {}, 2001,
+         {"tood.reused_from": "f" * 32})  # a source no longer in the store
+    trials = collect_study(open_client(f"sqlite:///{tmp_path / 'mlruns.db'}"), "table3_tood").trials
+    assert list(trials["host"]) == [xeon, epyc, ""]
+    data = SimpleNamespace(trials=trials, study="table3_tood")
+    assert list(per_seed_frame(data)["cpu"]) == ["Xeon", "EPYC", ""]
+    assert machines_table([data]).rows == [["table3_tood", "ATSS (anchor-free)", "Xeon", "0"],
+                                           ["table3_tood", "ATSS (anchor-free)", "EPYC", "1"],
+                                           ["table3_tood", "ATSS (anchor-free)", "not recorded", "2"]]
