@@ -20,6 +20,7 @@ from orchestration.tracking import create_launch_runs
 from orchestration.trial_run import finish_trial
 from reports.claim_planner import Plan
 from tood.config import ConfigError
+from tood_ablate.cli import main as cli_main
 
 # TOOD minus ATSS per seed: anchor-free 5 + 0.1 x noise (decided at the first look, 3 seeds); anchor-based
 # 1 + 1.5 x noise: 1.465, 0.37, 1.27 over seeds 0-2, mean 1.035, sd 0.585, one-sided t = 3.06 on 2 degrees
@@ -218,3 +219,27 @@ def test_the_fixed_design_in_cpu_hours_by_hand():
     assert "mean of 0.250 CPU h per training, the fixed design would cost about 5.0 CPU h: +1.0 CPU h" in notes[-1]
     assert not any("fixed design would cost" in n for n in
                    sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=float("nan")).notes)
+
+
+def test_claims_command_reads_the_state_between_rounds(setup, monkeypatch, capsys):
+    """`tood-ablate claims` on a store whose round 2 was cut short: the table of the claims so far
+    and the one (row, seed) the next round adds; after the last round, none."""
+    grid, opts = setup
+    fake = FakeLaunches(fail_round=2)
+    monkeypatch.setattr(sequential, "run_suite", fake)
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5)) == 1
+    args = [str(grid), "--tracking-uri", opts.tracking_uri, "--max-seeds", "5", "--looks", "3,5"]
+    capsys.readouterr()
+    assert cli_main(["claims", *args]) == 0
+    out = capsys.readouterr().out
+    assert "| t3seq | TOOD (anchor-free) > ATSS (anchor-free) (AP) | direction | 0 | one-sided paired t | 3 | 3,5 |" in out
+    asked = {(r, s) for r in ("TOOD (anchor-based)", "ATSS (anchor-based)") for s in (3, 4)}
+    (missing,) = asked - set(fake.trained)  # the trial round 2 lost
+    assert "The next round adds 1 (row, seed) trials" in out and f"  t3seq/{missing[0]}: seeds {missing[1]}\n" in out
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5)) == 0
+    capsys.readouterr()
+    assert cli_main(["claims", *args]) == 0
+    assert "No round is left" in capsys.readouterr().out
+    assert cli_main(["claims", str(grid), "--tracking-uri", f"sqlite:///{Path(opts.storage_path).parent / 'none.db'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tood-ablate claims: error: ") and "none.db" in err[0], err

@@ -79,18 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("plan", help="what `run` would train, without training: counts, shared prefixes, time "
                                 "(`tood-ablate plan --help`)", add_help=False)
+    sub.add_parser("claims", help="where the claims of a store stand and what the next --until-decided round adds "
+                                  "(`tood-ablate claims --help`)", add_help=False)
     sub.add_parser("doctor", help="will a launch work here, and how long will it take? (`tood-ablate doctor --help`)",
                    add_help=False)
     sub.add_parser("slurm", help="write an sbatch script that runs a launch on a Slurm allocation (`tood-ablate slurm --help`)",
                    add_help=False)
     return p
-
-
-def _looks(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(n) for n in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--looks: got {text!r} (expected increasing seed counts, e.g. 3,5,8,12)") from None
 
 
 def _options(args: argparse.Namespace) -> LaunchOptions:
@@ -131,7 +126,7 @@ def _print_status(name: str, storage_path: str | None) -> None:
 # Commands with their own argument parser: the module whose main(argv) runs them.
 REPORT_COMMANDS = {"report": "reports.render", "diagnose": "reports.alignment_diagnostics",
                    "compare": "reports.compare_recipes", "publish": "reports.publish", "doctor": "orchestration.doctor",
-                   "plan": "orchestration.plan"}
+                   "plan": "orchestration.plan", "claims": "tood_ablate.claims"}
 
 
 def checked_store_args(argv: list[str]) -> list[str]:
@@ -170,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("tood-ablate run: give grid files or --all (expected one of the two)")
             grids = suite_grids() if args.all else args.grid
             if args.until_decided:
-                from tood_ablate.sequential import run_until_decided
+                from tood_ablate.sequential import parse_looks, run_until_decided
 
-                return run_until_decided(grids, _options(args), args.max_seeds, _looks(args.looks), args.alpha)
+                return run_until_decided(grids, _options(args), args.max_seeds, parse_looks(args.looks), args.alpha)
             result = run_suite(grids, _options(args))
         elif args.command == "resume":
             result = resume_launch(args.name, args.storage_path, args.address, args.quiet)

@@ -152,6 +152,28 @@ def _spent(tracking_uri: str, studies: list[StudyData]) -> tuple[int, float]:
     return len(seen), cpu_h
 
 
+def claims_state(tracking_uri: str, grids: list, design: tuple[int, ...], max_seeds: int, alpha: float
+                 ) -> tuple[list[StudyData], Plan, Table]:
+    """The grids' latest launches in the store, the plan of the next round and the claims table."""
+    studies = latest_studies(tracking_uri, grids)
+    plan, comps = plan_round(studies, design, max_seeds, alpha)
+    spent, cpu_h = _spent(tracking_uri, studies)
+    fixed = sum(len(g.rows) for g in grids) * design[-1]
+    return studies, plan, sequential_table(plan, comps, spent, fixed, cpu_h)
+
+
+def parse_looks(text: str) -> tuple[int, ...]:
+    """``--looks``: comma-separated increasing seed counts."""
+    try:
+        looks = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--looks: got {text!r} (expected increasing seed counts, e.g. 3,5,8,12)") from None
+    try:
+        return check_looks(looks)
+    except ValueError as e:
+        raise ConfigError(f"--looks: {e}") from None
+
+
 def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out: Path) -> None:
     """The table as markdown beside the launch storage and on each study's latest parent run
     (an MLflow table artifact the UI shows, and the markdown)."""
@@ -198,11 +220,7 @@ def run_until_decided(grid_paths: list, opts: LaunchOptions, max_seeds: int, loo
             print(f"tood-ablate: round {k} did not finish: `tood-ablate resume {round_opts.name}`, then the same "
                   "command again", file=sys.stderr)
             return 1
-    studies = latest_studies(opts.tracking_uri, grids)
-    plan, comps = plan_round(studies, design, max_seeds, alpha)
-    spent, cpu_h = _spent(opts.tracking_uri, studies)
-    fixed = sum(len(g.rows) for g in grids) * design[-1]
-    table = sequential_table(plan, comps, spent, fixed, cpu_h)
+    studies, _plan, table = claims_state(opts.tracking_uri, grids, design, max_seeds, alpha)
     out = storage_root(opts.storage_path) / f"{name}_{SEQUENTIAL_ARTIFACT}.md"
     publish_table(opts.tracking_uri, studies, table, out)
     if not opts.quiet:
