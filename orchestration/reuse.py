@@ -33,8 +33,9 @@ def finished_by_key(client: MlflowClient, keys: set[str]) -> dict[str, Any]:
 
 def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
     """Fill child run ``target_id`` with the result of ``source_id`` (every metric's history),
-    tag it ``tood.reused_from`` = the source (and where the source trained: ``tood.host``), and finish it. A target already FINISHED is
-    left alone (resume calls this again). Returns whether it copied."""
+    tag it ``tood.reused_from`` = the source (and ``tood.host``: where the source trained), and
+    finish it. A target already FINISHED is left alone (resume calls this again). Returns whether
+    it copied."""
     if retry(client.get_run, target_id).info.status == "FINISHED":
         return False
     source = retry(client.get_run, source_id)
@@ -43,7 +44,7 @@ def copy_result(client: MlflowClient, source_id: str, target_id: str) -> bool:
         retry(client.log_batch, target_id, metrics=history[i : i + 1000])
     for tag, value in {REUSED_TAG: source_id, "tood.reused_from_experiment": source.info.experiment_id,
                        "tood.reused_from_name": source.info.run_name, **_code_tags_of(source.data.tags),
-                       **{t: source.data.tags[t] for t in (HOST_TAG,) if t in source.data.tags}}.items():
+                       **({HOST_TAG: source.data.tags[HOST_TAG]} if HOST_TAG in source.data.tags else {})}.items():
         retry(client.set_tag, target_id, tag, value)
     target_tags = retry(client.get_run, target_id).data.tags
     for tag in (set(CODE_TAGS) - set(_code_tags_of(source.data.tags))) & set(target_tags):  # the launch's, not the result's

@@ -160,8 +160,7 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
     runs = trial_runs(client, experiment.experiment_id, parent_run.info.run_id)
     trials = trials_frame(runs)
     trials["stale"] = stale_column(runs, trials, parent_run.data.tags)
-    if "host" in trials:
-        trials["host"] = trained_hosts(client, trials)
+    trials["host"] = trained_hosts(client, trials)
     grid = load_grid_yaml(client, parent_run.info.run_id)
     grid_rows, source = parse_grid_rows(grid), "grid.yaml artifact"
     if not grid_rows:

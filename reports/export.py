@@ -27,8 +27,7 @@ COLUMNS = ("study", "row", "seed", "status", "AP", "AP50", "AP75", "APs", "APm",
 def per_seed_frame(data: StudyData) -> pd.DataFrame:
     """One line per trial of a study's launch, in grid-row then seed order; ``cpu``: the CPU model of
     the machine that trained the result ('' where it was not recorded)."""
-    hosts = data.trials["host"] if "host" in data.trials else [""] * len(data.trials)
-    cpus = [json.loads(h)["cpu"] if h else "" for h in hosts]
+    cpus = [json.loads(h)["cpu"] if h else "" for h in data.trials["host"]]
     t = data.trials.assign(study=data.study, cpu=cpus).sort_values(["row_index", "seed"])
     return t.reindex(columns=list(COLUMNS))
 

@@ -2,8 +2,8 @@
 
 Writes into ``--out``: the report of every study (md/tex/html tables, plots, ``report.html``),
 ``per_seed.csv`` (one line per trial, headed by the launches, commits, machines and the
-command), ``machines.md`` (which CPU trained which seeds of each row), a consistent single-file copy of a sqlite store (``mlruns.db``), and, given the
-launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
+command), ``machines.md`` (which CPU trained which seeds of each row), a consistent single-file
+copy of a sqlite store (``mlruns.db``), and, given the launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
 diagnostics of the grids named by ``--diagnose``. The folder's entry in the index
 (``--index``, default ``<out>/../index.yaml``) is replaced: study -> launch, parent run,
 commits, profile, recipe overrides, machines; the command, store and date for the folder.

@@ -16,11 +16,12 @@ from pathlib import Path
 from orchestration.grid import load_grid
 from orchestration.launch import suite_grids
 from orchestration.schema import default_tracking_uri
+from reports.claim_tests import LOOKS
 from reports.collect import NoRunsError
 from reports.formats import to_markdown
 from reports.paired_tests import ALPHA
 from tood.config import ConfigError
-from tood_ablate.sequential import claims_state, finished_seeds, parse_looks, row_seeds_for_round
+from tood_ablate.sequential import claims_state, finished_seeds, parse_looks, row_seeds_for_round, seed_design
 
 
 def next_round_trials(grids: list, studies: list, plan, first: int) -> dict[str, list[int]]:
@@ -43,26 +44,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every paper study in experiments/, as for `run --all`")
     p.add_argument("--tracking-uri", help="the store (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlruns.db)")
     p.add_argument("--max-seeds", type=int, default=12, help="as given to `run --until-decided`")
-    p.add_argument("--looks", default="3,5,8,12", help="as given to `run --until-decided`")
+    p.add_argument("--looks", default=",".join(map(str, LOOKS)), help="as given to `run --until-decided`")
     p.add_argument("--alpha", type=float, default=ALPHA, help="as given to `run --until-decided`")
     p.add_argument("--out", help="also write the table as markdown to this file")
     args = p.parse_args(argv)
     try:
         if bool(args.grid) == bool(args.all):
             raise ConfigError("give grid files or --all (expected one of the two)")
-        looks = parse_looks(args.looks)
-        if args.max_seeds < looks[0]:
-            raise ConfigError(f"--max-seeds: got {args.max_seeds} (expected >= the first look, {looks[0]})")
+        design = seed_design(parse_looks(args.looks), args.max_seeds)
         grids = [load_grid(g) for g in (suite_grids() if args.all else args.grid)]
         uri = args.tracking_uri or default_tracking_uri()
-        design = tuple(n for n in looks if n <= args.max_seeds)
         studies, plan, table = claims_state(uri, grids, design, args.max_seeds, args.alpha)
         if not studies:
             raise NoRunsError(f"no launch of {', '.join(g.study for g in grids)} at tracking URI {uri}")
     except (ConfigError, NoRunsError) as e:
         print(f"tood-ablate claims: error: {e}", file=sys.stderr)
         return 2
-    print(to_markdown(table))
+    text = to_markdown(table)
+    print(text)
     upcoming = next_round_trials(grids, studies, plan, design[0])
     if upcoming:
         print(f"The next round adds {sum(map(len, upcoming.values()))} (row, seed) trials "
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print("No round is left: every claim is decided, out of seeds or not decidable within --max-seeds.")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(to_markdown(table), encoding="utf-8")
+        Path(args.out).write_text(text, encoding="utf-8")
     return 0
 
 

@@ -163,15 +163,23 @@ def claims_state(tracking_uri: str, grids: list, design: tuple[int, ...], max_se
 
 
 def parse_looks(text: str) -> tuple[int, ...]:
-    """``--looks``: comma-separated increasing seed counts."""
+    """``--looks``: comma-separated seed counts (checked by :func:`seed_design`)."""
     try:
-        looks = tuple(int(n) for n in text.split(","))
+        return tuple(int(n) for n in text.split(","))
     except ValueError:
         raise ConfigError(f"--looks: got {text!r} (expected increasing seed counts, e.g. 3,5,8,12)") from None
+
+
+def seed_design(looks: tuple[int, ...], max_seeds: int) -> tuple[int, ...]:
+    """The looks up to ``max_seeds``: ConfigError unless ``looks`` are increasing seed counts and
+    ``max_seeds`` reaches the first."""
     try:
-        return check_looks(looks)
+        looks = check_looks(looks)
     except ValueError as e:
         raise ConfigError(f"--looks: {e}") from None
+    if max_seeds < looks[0]:
+        raise ConfigError(f"--max-seeds: got {max_seeds} (expected >= the first look, {looks[0]})")
+    return tuple(n for n in looks if n <= max_seeds)
 
 
 def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out: Path) -> None:
@@ -188,20 +196,14 @@ def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out
 
 def run_until_decided(grid_paths: list, opts: LaunchOptions, max_seeds: int, looks: tuple[int, ...] = LOOKS,
                       alpha: float = ALPHA) -> int:
-    try:
-        looks = check_looks(looks)
-    except ValueError as e:
-        raise ConfigError(f"--looks: {e}") from None
+    design = seed_design(looks, max_seeds)
     opts = dataclasses.replace(opts, tracking_uri=check_tracking_uri(opts.tracking_uri or default_tracking_uri()))
-    if max_seeds < looks[0]:
-        raise ConfigError(f"--max-seeds: got {max_seeds} (expected >= the first look, {looks[0]})")
     if opts.seeds is not None:
         raise ConfigError("--seeds: not with --until-decided (the rounds choose the seeds)")
     grids = [load_grid(p) for p in grid_paths]
     for g in grids:  # every config valid before anything trains
         expand(g, opts.profile, list(range(max_seeds)), opts.overrides)
     name = opts.name or "until-decided"
-    design = tuple(n for n in looks if n <= max_seeds)
     plan, comps = None, []
     for k in range(1, len(design) + 2):
         studies = latest_studies(opts.tracking_uri, grids)
