@@ -45,6 +45,7 @@ class LaunchOptions:
     quiet: bool = False
     log_checkpoints: bool = False
     row_seeds: dict[str, list[int]] | None = None  # "study/row" -> its seeds (--until-decided rounds); None: every row all seeds
+    parent_tags: dict[str, str] = field(default_factory=dict)  # more tags on the parent runs (the rounds' design)
 
 
 def _seeds_of(grid: Any, opts: LaunchOptions) -> list[int] | None:
@@ -123,7 +124,7 @@ def _create_runs(client, grids: list, specs: list[list], opts: LaunchOptions, na
     for g, ss in zip(grids, specs):
         seeds = _seeds_of(g, opts) or g.seeds
         parent_id, run_ids = create_launch_runs(client, g.study, g.table, opts.profile, str(g.path),
-                                                resolved_grid(g, seeds, opts.overrides), ss, name)
+                                                resolved_grid(g, seeds, opts.overrides), ss, name, opts.parent_tags)
         launched.append({"study": g.study, "table": g.table, "grid": str(Path(g.path).resolve()),
                          "parent_run_id": parent_id, "run_ids": run_ids})
     return launched

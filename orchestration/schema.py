@@ -24,6 +24,9 @@ CPUS_TAG, GPUS_TAG = "tood.cpus_per_trial", "tood.gpus_per_trial"
 CODE_COMMIT_TAG, DIRTY_TAG = "tood.code_commit", "tood.git_dirty"
 CODE_HASH_TAG, CODE_FILES_TAG = "tood.code_hash", "tood.code_files"  # hash of tood/'s training sources; JSON per file
 CODE_TAGS = (CODE_COMMIT_TAG, DIRTY_TAG, CODE_HASH_TAG, CODE_FILES_TAG)
+# An --until-decided launch's sequential design, on its parent runs: the looks (comma-separated seed
+# counts) and the one-sided alpha per claim over them; reports test its claims at them (reports.claim_tests).
+LOOKS_TAG, ALPHA_TAG = "tood.looks", "tood.alpha"
 WAITED_TAG = "tood.waited_for"  # a trial that waited for another launch's training of its key (orchestration.lease)
 LEASE_EXPERIMENT_PREFIX = "tood-ablate.lease/"  # outside EXPERIMENT_PREFIX: no study, never read by reports
 

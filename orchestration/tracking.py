@@ -78,8 +78,9 @@ def trial_tags(spec: Any, parent_id: str, commit: str, launch: str) -> dict[str,
 
 
 def create_launch_runs(client: MlflowClient, study: str, table: str, profile: str, grid_file: str, grid_yaml: dict,
-                       specs: list, launch_name: str) -> tuple[str, list[str]]:
-    """The parent run (RUNNING) and one SCHEDULED child per trial spec; returns their ids."""
+                       specs: list, launch_name: str, parent_tags: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """The parent run (RUNNING, with ``parent_tags`` besides its own) and one SCHEDULED child per
+    trial spec; returns their ids."""
     from orchestration.provenance import code_fingerprint
 
     exp_id = ensure_experiment(client, study)
@@ -88,7 +89,7 @@ def create_launch_runs(client: MlflowClient, study: str, table: str, profile: st
     parent = client.create_run(exp_id, run_name=launch_name, tags={
         ROLE_TAG: "parent", STUDY_TAG: study, TABLE_TAG: table, PROFILE_TAG: profile, LAUNCH_TAG: launch_name,
         "tood.grid_file": grid_file, "tood.seeds": ",".join(str(s) for s in grid_yaml["seeds"]),
-        "tood.num_trials": str(len(specs)), COMMIT_TAG: commit, **code,
+        "tood.num_trials": str(len(specs)), COMMIT_TAG: commit, **code, **(parent_tags or {}),
     }).info.run_id
     log_yaml(client, parent, "grid.yaml", grid_yaml)
     child_ids = []

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from orchestration.schema import ALPHA_TAG, LOOKS_TAG
 from reports.paired_tests import (
     ALPHA,
     MARGIN,
@@ -66,6 +67,38 @@ def look_levels(looks: Sequence[int], alpha: float = ALPHA) -> list[float]:
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha {alpha} (expected a one-sided level, 0 < alpha < 0.5)")
     return [alpha / len(looks)] * len(looks)
+
+
+@dataclass(frozen=True)
+class SequentialDesign:
+    """The looks and the one-sided alpha per claim (over all its looks) of a launch that chose its
+    seeds by them (``tood-ablate run --until-decided``): its claims are decided by :func:`decide`."""
+
+    looks: tuple[int, ...] = LOOKS
+    alpha: float = ALPHA
+
+    def __post_init__(self):
+        look_levels(self.looks, self.alpha)  # ValueError unless a design
+
+    @property
+    def level(self) -> float:
+        return look_levels(self.looks, self.alpha)[0]
+
+    def tags(self) -> dict[str, str]:
+        """The parent-run tags that record the design (orchestration.schema)."""
+        return {LOOKS_TAG: ",".join(map(str, self.looks)), ALPHA_TAG: repr(self.alpha)}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], where: str) -> SequentialDesign | None:
+        """The design a parent run's tags record; None for a launch with fixed seeds. ValueError
+        naming ``where`` and the tag when they are not a design."""
+        if LOOKS_TAG not in tags:
+            return None
+        try:
+            return cls(tuple(int(n) for n in tags[LOOKS_TAG].split(",")), float(tags.get(ALPHA_TAG, ALPHA)))
+        except ValueError as e:
+            raise ValueError(f"{where}: tags {LOOKS_TAG}={tags[LOOKS_TAG]!r}, {ALPHA_TAG}={tags.get(ALPHA_TAG)!r} "
+                             f"(expected increasing seed counts and a one-sided alpha: {e})") from None
 
 
 def sequential_verdicts(d: np.ndarray, shape: str, delta: float, looks: Sequence[int] = LOOKS,

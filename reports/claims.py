@@ -8,6 +8,11 @@ parallel per detector (Table 1, AP), the ordering of each assignment against ATS
 AP), TOOD > ATSS (Table 3, AP), top-m flat (AP), (1.0, 6) best (Table 4, AP), and in Table 6
 PCC and top-10 IoU higher, #redundant and #error lower than parallel head + ATSS.
 
+A launch whose seeds were chosen by looks at the claims (``tood-ablate run --until-decided``,
+its parent tagged with the design: reports.claim_tests.SequentialDesign) has its claims decided
+as the rounds decided them: at the first look that decides, at alpha / K (reports.claim_tests.decide);
+a fixed test at 0.025 on the seeds it stopped at would spend the looks' error rate again.
+
 Every claim is worded as Δ reads: row minus reference ("(0.5, 2) < (1.0, 6)" where the paper has
 Δ -0.1). A comparison gets no verdict, and says why, when a row of it did not train
 (AP < reports.tables.TRAINED_AP) or when it has fewer than two seeds (the reason names the
@@ -24,6 +29,7 @@ import pandas as pd
 from orchestration.grid import ClaimSpec, claim_spec
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
 from reports.layouts import PAPER_COLUMNS
+from reports.claim_tests import SequentialDesign, decide
 from reports.paired_tests import MARGIN, ClaimTest, claim_test
 from reports.pairs import Pair, delta_note, pairs
 from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, LEVEL, NONE, PAIRED, WELCH, WITHIN,
@@ -35,6 +41,7 @@ CLAIM_METRICS = {"table1": ("AP",), "table2": ("AP",), "table3": ("AP",), "topm"
 RELATION = {GREATER: ">", "less": "<"}
 NEEDS_SEEDS = "needs >= 2 seeds"
 NOT_TRAINED = "did not train long enough to compare"
+BEFORE_FIRST_LOOK = "before the first look"
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class Comparison:
     shape: str = "direction"  # the claim's shape (orchestration.grid.CLAIM_SHAPES); other comparisons: direction
     delta: float = 0.0  # margin / equivalence bound, the metric's units
     test: ClaimTest | None = None  # the paired test (None: unpaired or no interval)
+    design: SequentialDesign | None = None  # the looks that decided it (a claim of an --until-decided launch)
 
 
 def seed_values(trials: pd.DataFrame, label: str, metric: str) -> dict[int, float]:
@@ -89,37 +97,49 @@ ONE_SIDED = (1 - LEVEL) / 2  # each claim's one-sided level: its two-sided (1 - 
 
 
 def paired_test(row: dict[int, float], ref: dict[int, float], diff: Difference, expect: str, shape: str,
-                delta: float) -> ClaimTest | None:
+                delta: float, design: SequentialDesign | None = None) -> ClaimTest | None:
     """The claim's test on the paired differences (row minus reference over ``diff.seeds``):
     direction -> one-sided paired t, margin -> minimum-effect t (in the paper's direction),
-    equivalence -> TOST; None unless paired with n >= 2."""
+    equivalence -> TOST; None unless paired with n >= 2. With a ``design``: the test at the first
+    of its looks that decides (None before the first look)."""
     if diff.kind != PAIRED or len(diff.seeds) < 2:
         return None
     d = [row[s] - ref[s] for s in diff.seeds]
     if expect == WITHIN:
-        return claim_test(d, WITHIN, delta, ONE_SIDED)
-    if shape == "margin":  # the gain in the paper's direction is at least delta
-        return claim_test(d if expect == GREATER else [-x for x in d], MARGIN, delta, ONE_SIDED)
-    return claim_test(d, expect, 0.0, ONE_SIDED)
+        tested = d, WITHIN, delta
+    elif shape == "margin":  # the gain in the paper's direction is at least delta
+        tested = d if expect == GREATER else [-x for x in d], MARGIN, delta
+    else:
+        tested = d, expect, 0.0
+    if design is None:
+        return claim_test(*tested, ONE_SIDED)
+    if len(d) < design.looks[0]:
+        return None
+    return decide(*tested, None, design.looks, design.alpha).test
 
 
-def no_verdict(pair: Pair, diff: Difference, rerun: str = "") -> str:
-    """Why ``pair`` gets no verdict ('' when it gets one): a row below TRAINED_AP, or no interval
-    (fewer than two seeds; ``rerun``: the command that adds seeds)."""
+def no_verdict(pair: Pair, diff: Difference, rerun: str = "", design: SequentialDesign | None = None) -> str:
+    """Why ``pair`` gets no verdict ('' when it gets one): a row below TRAINED_AP, no interval
+    (fewer than two seeds; ``rerun``: the command that adds seeds), or with a ``design`` fewer
+    paired seeds than its first look."""
     low = [r.label for r in (pair.row, pair.ref) if untrained(r)]
     if low:
         return f"{NOT_TRAINED} (AP < {TRAINED_AP:g}: {', '.join(low)})"
     if diff.kind == NONE:
         return f"{NEEDS_SEEDS}: {rerun}" if rerun else NEEDS_SEEDS
+    if design is not None and (diff.kind != PAIRED or len(diff.seeds) < design.looks[0]):
+        return f"{BEFORE_FIRST_LOOK} ({design.looks[0]} paired seeds)"
     return ""
 
 
 def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame, rerun: str = "",
-            claim: ClaimSpec | None = None) -> list[Comparison]:
+            claim: ClaimSpec | None = None, design: SequentialDesign | None = None) -> list[Comparison]:
     """Every comparison of layout ``table`` (see the module docstring), in pair order. ``rerun``:
     the command that trains more seeds of this study, for the comparisons that have fewer than two.
     ``claim``: the shape of the study's claims (the grid's ``claim:``; default: the study's, see
-    orchestration.grid.DEFAULT_CLAIMS); the paper's other columns are compared as directions."""
+    orchestration.grid.DEFAULT_CLAIMS); the paper's other columns are compared as directions.
+    ``design``: the looks the launch chose its seeds by; its claims are decided at them (the other
+    comparisons, which chose no seeds, by the fixed test)."""
     spec = claim or claim_spec(None, table, study)
     out = []
     for pair in pairs(table, rows):
@@ -132,12 +152,13 @@ def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame
                 continue
             row, ref = seed_values(trials, pair.row.label, metric), seed_values(trials, pair.ref.label, metric)
             diff = difference(row, ref)
-            reason = no_verdict(pair, diff, rerun)
-            test = paired_test(row, ref, diff, expect, shape, delta)
+            looks = design if is_claim else None
+            reason = no_verdict(pair, diff, rerun, looks)
+            test = paired_test(row, ref, diff, expect, shape, delta, looks)
             judged = test.verdict if test is not None else verdict(diff, expect, delta or BAND)
             out.append(Comparison(study, table, pair.row.label, pair.ref.label, pair.group, metric, paper_delta,
                                   expect, claim_text(table, pair, metric, expect, shape, delta), is_claim, diff,
-                                  INCONCLUSIVE if reason else judged, reason, shape, delta, test))
+                                  INCONCLUSIVE if reason else judged, reason, shape, delta, test, looks))
     return out
 
 
@@ -182,6 +203,8 @@ def fmt_paper(c: Comparison) -> str:
 
 def fmt_test(c: Comparison) -> str:
     """The test and its p-value: 'one-sided paired t, p=0.003'; unpaired: 'Welch t (unpaired)'."""
+    if c.test is not None and c.design is not None:
+        return f"{c.test.test} at n={c.test.n} (one-sided {c.test.level:.3g}), p={c.test.p_value:.2g}"
     if c.test is not None:
         return f"{c.test.test}, p={c.test.p_value:.2g}"
     return {PAIRED: "paired t", WELCH: "Welch t (unpaired)"}.get(c.diff.kind, "none (n < 2)")
@@ -214,7 +237,7 @@ def tally(claims: list[Comparison]) -> str:
     judged = [c for c in claims if not c.reason]
     text = ", ".join(f"{sum(c.verdict == v for c in judged)} {w}" for v, w in
                      ((AGREES, "agree"), (DISAGREES, "disagree"), (INCONCLUSIVE, "inconclusive")))
-    why = {NEEDS_SEEDS: "with fewer than 2 seeds", NOT_TRAINED: "not trained"}
+    why = {NEEDS_SEEDS: "with fewer than 2 seeds", NOT_TRAINED: "not trained", BEFORE_FIRST_LOOK: BEFORE_FIRST_LOOK}
     counts = {w: sum(c.reason.startswith(r) for c in claims) for r, w in why.items()}
     if len(judged) < len(claims):
         text += f", {len(claims) - len(judged)} without a verdict ("
@@ -245,4 +268,17 @@ def comparisons_table(key: str, caption: str, comparisons: list[Comparison], wit
                         "(the paper states no claim on them; not in the tally).")
     if coco:
         notes.append("Δ paper (COCO): the paper's Δ, on COCO; ours is on other data, so compare signs, not sizes.")
-    return Table(key, caption, header, body, notes + [NOTES[1], VERDICT_NOTE, NO_VERDICT_NOTE])
+    designs = sorted({c.design for c in chosen if c.design is not None}, key=repr)
+    return Table(key, caption, header, body,
+                 notes + [NOTES[1], VERDICT_NOTE] + [design_note(d) for d in designs] + [NO_VERDICT_NOTE])
+
+
+def design_note(design: SequentialDesign) -> str:
+    """How the claims of an --until-decided launch were decided."""
+    looks = ",".join(map(str, design.looks))
+    return (f"Claims whose test reads 'at n=': their launch chose its seeds by looks at the claims (--until-decided, "
+            f"looks at {looks} paired seeds, alpha {design.alpha:g} one-sided per claim over all its looks). Their "
+            f"verdict is the test at the first look that decides, on the first n paired seeds, at alpha / "
+            f"{len(design.looks)} = {design.level:.3g} one-sided (a Bonferroni split, reports/claim_tests.py; the "
+            "verdicts of `tood-ablate claims`), not the fixed test above; the 95% CI column is over all paired seeds "
+            f"and only describes them. Fewer paired seeds than the first look: '{BEFORE_FIRST_LOOK}'.")

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.grid import ClaimSpec
 from orchestration.schema import EXPERIMENT_PREFIX, HOST_TAG, TABLE_TAG, experiment_name
+from reports.claim_tests import SequentialDesign
 from reports.grid_rows import (
     GridRow,
     grid_claim,
@@ -55,6 +56,7 @@ class StudyData:
     trials: pd.DataFrame
     common_params: dict[str, str]
     claim: ClaimSpec = ClaimSpec()  # the shape of the study's claims (the grid's claim:)
+    design: SequentialDesign | None = None  # the looks of an --until-decided launch (None: seeds fixed in advance)
 
 
 def open_client(tracking_uri: str) -> MlflowClient:
@@ -170,13 +172,18 @@ def collect_study(client: MlflowClient, study: str | None, parent: str = "latest
                           f"experiment {experiment.name!r} has no trials and no grid.yaml "
                           f"(tracking URI {client.tracking_uri})")
     tags = parent_run.data.tags
+    try:
+        design = SequentialDesign.from_tags(tags, f"parent run {parent_run.info.run_id} ({experiment.name})")
+    except ValueError as e:
+        raise NoRunsError(f"{e}; tracking URI {client.tracking_uri}") from None
     table = tags.get(TABLE_TAG) or next((r.data.tags[TABLE_TAG] for r in runs if TABLE_TAG in r.data.tags), "smoke")
     return StudyData(
         study=study, table=table, tracking_uri=client.tracking_uri,
         experiment_name=experiment.name, experiment_id=experiment.experiment_id,
         parent_id=parent_run.info.run_id, parent_name=parent_run.info.run_name, parent_tags=tags,
         grid_rows=[with_tag_paper(r, trials) for r in grid_rows], grid_source=source,
-        trials=trials, common_params=_common_params(runs), claim=grid_claim(grid, table, f"run {parent_run.info.run_id}: grid.yaml"))
+        trials=trials, common_params=_common_params(runs), claim=grid_claim(grid, table, f"run {parent_run.info.run_id}: grid.yaml"),
+        design=design)
 
 
 def metric_histories(client: MlflowClient, trials: pd.DataFrame,

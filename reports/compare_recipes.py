@@ -64,7 +64,7 @@ def recipe_claims(recipe: Recipe) -> tuple[dict[tuple[str, str], Comparison], li
         except NoRunsError as exc:
             skipped.append(f"{recipe.label}: {study}: skipped: {exc}")
             continue
-        for c in compare(data.study, data.table, summarize(data), data.trials, claim=data.claim):
+        for c in compare(data.study, data.table, summarize(data), data.trials, claim=data.claim, design=data.design):
             if c.is_claim:
                 claims[(c.study, c.claim)] = c
     return claims, skipped

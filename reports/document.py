@@ -127,7 +127,7 @@ def build_study_report(client: MlflowClient, data: StudyData, host: Machine | No
     prov = provenance(data)
     rows = summarize(data)
     main = build_table(data.table, rows, data.study, data.parent_name, prov.label_coco)
-    comparisons = compare(data.study, data.table, rows, data.trials, rerun_command(data), data.claim)
+    comparisons = compare(data.study, data.table, rows, data.trials, rerun_command(data), data.claim, data.design)
     records = trial_compute(client, data.trials)
     key, title = main.key, study_title(data.table, data.study)
     tables = [

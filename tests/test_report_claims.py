@@ -337,3 +337,33 @@ def test_compute_table_shows_evaluation_seconds_apart():
     # a store without eval_time_s keeps the old columns
     old = [rec("r1", "a", 100.0, 0.0)]
     assert EVAL_COLUMN not in compute_table("t_compute", "t", rows[:1], old, HOST).header
+
+
+def test_claims_of_an_until_decided_launch_are_decided_at_its_looks(t3):
+    """The same differences (2.0, 3.0, 2.5; margin 1: p = (1 - sqrt(27/29)) / 2 = 0.0175) under a launch
+    whose seeds came by looks: four looks at alpha 0.05 test at 0.0125, so the claim the fixed test
+    (0.025) calls agreeing is inconclusive; two looks test at 0.025 and agree; a first look at 4
+    seeds has not come with 3."""
+    from orchestration.grid import ClaimSpec
+    from reports.claim_tests import SequentialDesign
+    from reports.claims import comparisons_table
+    from reports.tables import summarize
+
+    data, spec = t3.data, ClaimSpec("margin", 1.0, "test")
+    p = (1 - math.sqrt(27 / 29)) / 2
+
+    def first(design):
+        return [c for c in compare(data.study, data.table, summarize(data), data.trials, claim=spec, design=design)
+                if c.is_claim][0]
+
+    fixed, four, two, late = (first(d) for d in (None, SequentialDesign((3, 5, 8, 12), 0.05),
+                                                   SequentialDesign((3, 5), 0.05), SequentialDesign((4, 8), 0.05)))
+    assert fixed.verdict == AGREES and fixed.test.level == pytest.approx(0.025)
+    assert four.verdict == INCONCLUSIVE and four.test.level == pytest.approx(0.0125) and four.test.p_value == pytest.approx(p)
+    assert two.verdict == AGREES and two.test.level == pytest.approx(0.025)
+    assert late.verdict == INCONCLUSIVE and late.test is None and late.reason == "before the first look (4 paired seeds)"
+    table = comparisons_table("k", "c", [four, late])
+    assert table.rows[0][-2:] == ["minimum-effect t (delta=1) at n=3 (one-sided 0.0125), p=0.018", INCONCLUSIVE]
+    assert any("looks at 3,5,8,12 paired seeds" in n and "alpha / 4 = 0.0125" in n for n in table.notes)
+    assert table.notes[0] == ("The paper's claims: 0 agree, 0 disagree, 1 inconclusive, 1 without a verdict "
+                              "(1 before the first look).")

@@ -57,10 +57,11 @@ class FakeLaunches:
     """run_suite with the launcher's MLflow layout: every requested (row, seed) is FINISHED with
     value(row, seed) as AP. ``fail_round``: that round's launch stops with a KILLED trial once."""
 
-    def __init__(self, fail_round: int | None = None):
+    def __init__(self, fail_round: int | None = None, parent_tags: bool = True):
         self.rounds: list[dict[str, list[int]]] = []
         self.trained: list[tuple[str, int]] = []
         self.fail_round = fail_round
+        self.parent_tags = parent_tags  # False: parents as launches made them before they carried the design
 
     def __call__(self, grid_paths, opts: LaunchOptions):
         client = MlflowClient(opts.tracking_uri)
@@ -71,7 +72,8 @@ class FakeLaunches:
             g = load_grid(path)
             specs = _only_row_seeds(expand(g, opts.profile, _seeds_of(g, opts), opts.overrides), opts.row_seeds)
             parent, ids = create_launch_runs(client, g.study, g.table, opts.profile, str(path),
-                                             resolved_grid(g, _seeds_of(g, opts), opts.overrides), specs, opts.name)
+                                             resolved_grid(g, _seeds_of(g, opts), opts.overrides), specs, opts.name,
+                                             opts.parent_tags if self.parent_tags else None)
             for i, (spec, rid) in enumerate(zip(specs, ids)):
                 if failing and i == len(ids) - 1:
                     client.set_terminated(rid, "KILLED")
@@ -123,6 +125,37 @@ def test_decided_claim_stops_and_undecided_gets_seeds_up_to_max(setup, monkeypat
     assert "sequential_claims.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.parametrize("tagged_at_launch", [True, False])
+def test_the_report_decides_the_claims_at_the_looks_of_the_rounds(setup, monkeypatch, tagged_at_launch):
+    """Every round's parent carries the design (at creation; parents of launches made before get it
+    when the rounds end), and the report's claims read it: the same verdicts as the rounds' table,
+    at the per-look level 0.05 / 3 on the seeds where each claim stopped."""
+    from reports.claim_tests import SequentialDesign, decide
+    from reports.claims import compare
+    from reports.collect import collect_study
+    from reports.tables import summarize
+
+    grid, opts = setup
+    monkeypatch.setattr(sequential, "run_suite", FakeLaunches(parent_tags=tagged_at_launch))
+    assert sequential.run_until_decided([grid], opts, max_seeds=8, looks=(3, 5, 8), alpha=0.05) == 0
+    client = MlflowClient(opts.tracking_uri)
+    parents = client.search_runs([client.get_experiment_by_name("tood-ablate/t3seq").experiment_id],
+                                 "tags.`tood.role` = 'parent'", order_by=["attributes.start_time DESC"])
+    tags = [{k: p.data.tags.get(k) for k in ("tood.looks", "tood.alpha")} for p in parents]
+    want = {"tood.looks": "3,5,8", "tood.alpha": "0.05"}
+    assert tags == [want] * len(parents) if tagged_at_launch else tags[0] == want
+    data = collect_study(client, "t3seq")
+    assert data.design == SequentialDesign((3, 5, 8), 0.05)
+    claims = [c for c in compare(data.study, data.table, summarize(data), data.trials, design=data.design) if c.is_claim]
+    rounds = {line.split(" | ")[1]: line.split(" | ")[8] for line in
+              (Path(opts.storage_path) / "seq_sequential_claims.md").read_text().splitlines() if line.startswith("| t3seq")}
+    assert {c.claim: c.verdict for c in claims} == rounds
+    # by hand: anchor-based TOOD - ATSS = 1.5 x NOISE + 1 over seeds 0.., tested at the first look that decides
+    d = [1 + 1.5 * x for x in NOISE]
+    expected = decide(d[:len(claims[1].diff.seeds)], "greater", 0.0, None, (3, 5, 8), 0.05).test
+    assert claims[1].test.level == pytest.approx(0.05 / 3) and claims[1].test.p_value == pytest.approx(expected.p_value)
+
+
 def test_interrupted_round_continues_with_the_same_plan(setup, monkeypatch):
     grid, opts = setup
     fake = FakeLaunches(fail_round=2)
@@ -170,6 +203,8 @@ def test_bad_options_are_config_errors(setup):
         sequential.run_until_decided([grid], opts, max_seeds=2, looks=(3, 5))
     with pytest.raises(ConfigError, match="--looks"):
         sequential.run_until_decided([grid], opts, max_seeds=5, looks=(5, 3))
+    with pytest.raises(ConfigError, match="--alpha: got 0.7"):
+        sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5), alpha=0.7)
     with pytest.raises(ConfigError, match="--seeds: not with --until-decided"):
         sequential.run_until_decided([grid], LaunchOptions(**{**opts.__dict__, "seeds": [0]}), max_seeds=5, looks=(3, 5))
     assert math.isfinite(value("TOOD (anchor-based)", 4))

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.grid) == bool(args.all):
             raise ConfigError("give grid files or --all (expected one of the two)")
-        design = seed_design(parse_looks(args.looks), args.max_seeds)
+        design = seed_design(parse_looks(args.looks), args.max_seeds, args.alpha)
         grids = [load_grid(g) for g in (suite_grids() if args.all else args.grid)]
         uri = args.tracking_uri or default_tracking_uri()
         studies, plan, table = claims_state(uri, grids, design, args.max_seeds, args.alpha)

@@ -24,7 +24,7 @@ from orchestration.launch import LaunchOptions, run_suite
 from orchestration.schema import default_tracking_uri
 from orchestration.uris import check_tracking_uri
 from reports.claim_planner import Claim, Plan, next_round
-from reports.claim_tests import LOOKS, check_looks
+from reports.claim_tests import LOOKS, SequentialDesign, check_looks
 from reports.claims import Comparison, compare, seed_values
 from reports.collect import NoRunsError, StudyData, collect_study, open_client
 from reports.compute import trial_compute
@@ -170,25 +170,31 @@ def parse_looks(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--looks: got {text!r} (expected increasing seed counts, e.g. 3,5,8,12)") from None
 
 
-def seed_design(looks: tuple[int, ...], max_seeds: int) -> tuple[int, ...]:
-    """The looks up to ``max_seeds``: ConfigError unless ``looks`` are increasing seed counts and
-    ``max_seeds`` reaches the first."""
+def seed_design(looks: tuple[int, ...], max_seeds: int, alpha: float = ALPHA) -> tuple[int, ...]:
+    """The looks up to ``max_seeds``: ConfigError unless ``looks`` are increasing seed counts,
+    ``max_seeds`` reaches the first and ``alpha`` is a one-sided level."""
     try:
         looks = check_looks(looks)
     except ValueError as e:
         raise ConfigError(f"--looks: {e}") from None
     if max_seeds < looks[0]:
         raise ConfigError(f"--max-seeds: got {max_seeds} (expected >= the first look, {looks[0]})")
+    if not 0 < alpha < 0.5:
+        raise ConfigError(f"--alpha: got {alpha:g} (expected a one-sided error rate, 0 < alpha < 0.5)")
     return tuple(n for n in looks if n <= max_seeds)
 
 
-def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out: Path) -> None:
+def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out: Path,
+                  design: SequentialDesign) -> None:
     """The table as markdown beside the launch storage and on each study's latest parent run
-    (an MLflow table artifact the UI shows, and the markdown)."""
+    (an MLflow table artifact the UI shows, and the markdown); the parents are tagged with the
+    ``design`` (rounds launched before parents carried it at creation get it here)."""
     out.write_text(to_markdown(table), encoding="utf-8")
     client = open_client(tracking_uri)
     frame = pd.DataFrame(table.rows, columns=table.header)
     for data in studies:
+        for tag, value in design.tags().items():
+            client.set_tag(data.parent_id, tag, value)
         own = frame[frame["Study"] == data.study]
         client.log_table(data.parent_id, own, f"{SEQUENTIAL_ARTIFACT}.json")
         client.log_artifact(data.parent_id, str(out))
@@ -196,8 +202,10 @@ def publish_table(tracking_uri: str, studies: list[StudyData], table: Table, out
 
 def run_until_decided(grid_paths: list, opts: LaunchOptions, max_seeds: int, looks: tuple[int, ...] = LOOKS,
                       alpha: float = ALPHA) -> int:
-    design = seed_design(looks, max_seeds)
-    opts = dataclasses.replace(opts, tracking_uri=check_tracking_uri(opts.tracking_uri or default_tracking_uri()))
+    design = seed_design(looks, max_seeds, alpha)
+    tagged = SequentialDesign(design, alpha)  # on every round's parent runs: reports decide the claims at its looks
+    opts = dataclasses.replace(opts, tracking_uri=check_tracking_uri(opts.tracking_uri or default_tracking_uri()),
+                               parent_tags={**opts.parent_tags, **tagged.tags()})
     if opts.seeds is not None:
         raise ConfigError("--seeds: not with --until-decided (the rounds choose the seeds)")
     grids = [load_grid(p) for p in grid_paths]
@@ -224,7 +232,7 @@ def run_until_decided(grid_paths: list, opts: LaunchOptions, max_seeds: int, loo
             return 1
     studies, _plan, table = claims_state(opts.tracking_uri, grids, design, max_seeds, alpha)
     out = storage_root(opts.storage_path) / f"{name}_{SEQUENTIAL_ARTIFACT}.md"
-    publish_table(opts.tracking_uri, studies, table, out)
+    publish_table(opts.tracking_uri, studies, table, out, tagged)
     if not opts.quiet:
         print(to_markdown(table))
         print(f"tood-ablate: until-decided: table in {out} and on each study's parent run", file=sys.stderr)
