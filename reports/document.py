@@ -20,6 +20,7 @@ from orchestration.host import Machine, machine
 from reports.claims import Comparison, compare, comparisons_table
 from reports.collect import StudyData
 from reports.compute import TrialCompute, compute_table, recorded_machine, summary_compute_table, trial_compute
+from reports.headline import headline_table
 from reports.layouts import all_metrics, build_table
 from reports.tables import RowSummary, Table, study_title, summarize
 from reports.trials import stale_notes
@@ -148,14 +149,15 @@ def build_study_report(client: MlflowClient, data: StudyData, host: Machine | No
 
 
 def summary_tables(reports: list[StudyReport], host: Machine | None = None) -> list[Table]:
-    """The all-studies claims table and compute table."""
+    """The all-studies claims table, compute table and headline (reports.headline)."""
     claims = [c for r in reports for c in r.comparisons]
     prov = merged([r.provenance for r in reports])
     tables = [comparisons_table("summary_claims", "All studies: the paper's claims, our verdicts", claims,
                                 with_study=True, claims_only=True, coco=prov.label_coco),
               summary_compute_table({r.data.study: r.compute for r in reports},
                                     host or _same_machine([recorded_machine(r.data.trials) for r in reports])
-                                    or machine())]
+                                    or machine()),
+              headline_table(claims)]
     for table in tables:
         table.provenance = prov.text
     return tables

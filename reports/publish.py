@@ -4,7 +4,8 @@ Writes into ``--out``: the report of every study (md/tex/html tables, plots, ``r
 ``per_seed.csv`` (one line per trial, headed by the launches, commits, machines and the
 command), ``machines.md`` (which CPU trained which seeds of each row), a consistent single-file
 copy of a sqlite store (``mlruns.db``), and, given the launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
-diagnostics of the grids named by ``--diagnose``. The folder's entry in the index
+diagnostics of the grids named by ``--diagnose``. ``--readme FILE``: the folder's headline table
+(``summary_headline.md``) replaces the one between the file's headline markers. The folder's entry in the index
 (``--index``, default ``<out>/../index.yaml``) is replaced: study -> launch, parent run,
 commits, profile, recipe overrides, machines; the command, store and date for the folder.
 Nothing here trains.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from datetime import datetime, timezone
@@ -29,6 +31,8 @@ from reports.render import render_report
 from tood.config import ConfigError
 
 STORE_COPY = "mlruns.db"
+HEADLINE_BEGIN = "<!-- headline from {folder}: written by `tood-ablate publish --readme`, do not edit -->"
+HEADLINE_END = "<!-- end of headline -->"
 
 
 def copy_sqlite(src: Path, dst: Path) -> None:
@@ -58,6 +62,30 @@ def study_entry(data: StudyData) -> dict:
             "machines": machines or ["not recorded"]}
 
 
+def headline_markers(readme: Path) -> tuple[list[str], int, int]:
+    """``readme``'s lines and the indices of its headline markers; ConfigError (naming the file
+    and what was expected) without exactly one of each, in order, or without the file."""
+    if not readme.is_file():
+        raise ConfigError(f"--readme {readme}: no such file (expected the README to write the headline into)")
+    lines = readme.read_text(encoding="utf-8").splitlines(keepends=True)
+    begin = [i for i, line in enumerate(lines) if line.startswith("<!-- headline from ")]
+    end = [i for i, line in enumerate(lines) if line.strip() == HEADLINE_END]
+    if len(begin) != 1 or len(end) != 1 or end[0] < begin[0]:
+        raise ConfigError(f"--readme {readme}: expected one line starting '<!-- headline from ' and, after it, one "
+                          f"line '{HEADLINE_END}' (found {len(begin)} and {len(end)}); the headline goes between them")
+    return lines, begin[0], end[0]
+
+
+def splice_headline(readme: Path, folder: Path) -> None:
+    """Put ``folder``'s summary_headline.md between ``readme``'s headline markers; the begin marker
+    then names ``folder``, relative to the readme's folder."""
+    lines, begin, end = headline_markers(readme)
+    rel = Path(os.path.relpath(folder.resolve(), readme.resolve().parent)).as_posix()
+    table = (folder / "summary_headline.md").read_text(encoding="utf-8")
+    new = lines[:begin] + [HEADLINE_BEGIN.format(folder=rel) + "\n\n", table, "\n"] + lines[end:]
+    readme.write_text("".join(new), encoding="utf-8")
+
+
 def update_index(index: Path, folder: Path, entry: dict) -> None:
     """Replace ``folder``'s entry (keyed by its path relative to the index's folder) in ``index``."""
     data = yaml.safe_load(index.read_text()) if index.is_file() else None
@@ -70,7 +98,7 @@ def update_index(index: Path, folder: Path, entry: dict) -> None:
 
 
 def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str | None = None,
-            storage_path: str | None = None, diagnose: list[str] | None = None) -> dict:
+            storage_path: str | None = None, diagnose: list[str] | None = None, readme: Path | None = None) -> dict:
     """Write the results folder ``out`` from the store at ``tracking_uri``; returns its index entry."""
     client = open_client(tracking_uri)
     names = list_studies(client)
@@ -101,6 +129,8 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
     for grid in diagnose or []:
         _diagnose(grid, launch, storage_path, out)
     update_index(index, out, entry)
+    if readme is not None:
+        splice_headline(readme, out)
     return entry
 
 
@@ -133,15 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-path", help="Ray storage of --launch (default: <cwd>/runs/ray)")
     p.add_argument("--diagnose", action="append", default=[], metavar="GRID",
                    help="grid file whose checkpoints get PCC diagnostics (repeatable; needs --launch)")
+    p.add_argument("--readme", help="file whose headline markers get this folder's headline table, e.g. README.md")
     args = p.parse_args(argv)
     out = Path(args.out)
     index = Path(args.index) if args.index else out.parent / "index.yaml"
     try:
         check_writable(out, "--out")
+        if args.readme:
+            headline_markers(Path(args.readme))  # before anything is written
         if not out.resolve().is_relative_to(index.parent.resolve()):
             raise ConfigError(f"--index {index}: must be in a folder above --out {out} (the index keys folders by relative path)")
         publish(args.tracking_uri or default_tracking_uri(), out, args.command, index, args.launch, args.storage_path,
-                args.diagnose)
+                args.diagnose, Path(args.readme) if args.readme else None)
     except (ConfigError, NoRunsError) as exc:
         print(f"tood-ablate publish: error: {exc}", file=sys.stderr)
         return 2

@@ -65,3 +65,28 @@ def test_publish_errors_are_one_line(tmp_path, capsys):
     store = build_store(tmp_path / "store")
     code = main(["publish", "--tracking-uri", store.uri, "--out", str(tmp_path / "o"), "--diagnose", "experiments/topm.yaml"])
     assert code == 2 and "--diagnose experiments/topm.yaml: needs --launch" in capsys.readouterr().err
+
+
+def test_publish_writes_the_headline_into_the_readme_between_its_markers(tmp_path, capsys):
+    from reports.publish import HEADLINE_END
+
+    store = build_store(tmp_path / "store")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n<!-- headline from nowhere -->\nold table\n{HEADLINE_END}\nafter\n")
+    out = tmp_path / "results" / "suite"
+    args = ["publish", "--tracking-uri", store.uri, "--out", str(out), "--readme", str(readme)]
+    assert main(args) == 0
+    text = readme.read_text()
+    headline = (out / "summary_headline.md").read_text()
+    assert text == (f"# Title\n\nbefore\n<!-- headline from results/suite: written by `tood-ablate publish --readme`, "
+                    f"do not edit -->\n\n{headline}\n{HEADLINE_END}\nafter\n")
+    assert "| table6_alignment |" in headline and "old table" not in text
+    assert main(args) == 0 and readme.read_text() == text  # publishing again writes the same file
+
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no markers\n")
+    capsys.readouterr()
+    assert main(["publish", "--tracking-uri", store.uri, "--out", str(tmp_path / "o2"), "--readme", str(bare)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--readme {bare}: expected one line starting '<!-- headline from '" in err[0]
+    assert not (tmp_path / "o2").exists()  # checked before anything is written

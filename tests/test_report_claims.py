@@ -367,3 +367,38 @@ def test_claims_of_an_until_decided_launch_are_decided_at_its_looks(t3):
     assert any("looks at 3,5,8,12 paired seeds" in n and "alpha / 4 = 0.0125" in n for n in table.notes)
     assert table.notes[0] == ("The paper's claims: 0 agree, 0 disagree, 1 inconclusive, 1 without a verdict "
                               "(1 before the first look).")
+
+
+def test_headline_groups_claims_that_read_alike_and_shows_the_interval_of_the_verdict(t3):
+    """Table 1's detectors share a line; Table 3's two claims (other references) do not; each claim
+    shows the interval of the test that gave its verdict: 95% for fixed seeds, 97.5% (one-sided
+    0.0125) at the looks of four rounds."""
+    from reports.claim_tests import SequentialDesign
+    from reports.headline import headline_table
+    from reports.tables import summarize
+
+    rows1 = [_summary(f"{d}, {h}", {"detector": d.lower(), "head": h.replace("-", "_").lower().split()[0]}, {"AP": ap})
+             for d, h, ap in (("FCOS", "T-head", 40.5), ("FCOS", "parallel head", 38.6),
+                              ("FoveaBox", "T-head", 38.0), ("FoveaBox", "parallel head", 37.3))]
+    values = {"FCOS, T-head": [31.0, 32.0, 33.0], "FCOS, parallel head": [30.0, 30.8, 31.9],
+              "FoveaBox, T-head": [20.0, 21.0, 22.0], "FoveaBox, parallel head": [21.0, 22.5, 23.0]}
+    t1 = compare("t1", "table1", rows1, _trials({k: dict(enumerate(v)) for k, v in values.items()}))
+    (line,) = headline_table(t1).rows
+    assert line[:3] == ["t1", "FCOS / FoveaBox: T-head > parallel head (AP)", "+1.9 / +0.7"]
+    for cell, (row, ref) in zip(line[3].split(" / "), (("FCOS, T-head", "FCOS, parallel head"),
+                                                      ("FoveaBox, T-head", "FoveaBox, parallel head"))):
+        ci = stats.ttest_rel(values[row], values[ref]).confidence_interval(0.95)
+        mean = sum(values[row]) / 3 - sum(values[ref]) / 3
+        assert cell == f"{mean:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]"
+    assert line[4:] == ["3", f"{AGREES} / {DISAGREES}"]
+
+    data = t3.data
+    four = compare(data.study, data.table, summarize(data), data.trials, design=SequentialDesign((3, 5, 8, 12), 0.05))
+    table = headline_table(four)
+    assert [r[1] for r in table.rows] == ["TOOD (anchor-free) > ATSS (anchor-free) (AP)",
+                                          "TOOD (anchor-based) > ATSS (anchor-based) (AP)"]
+    ci = stats.ttest_rel([22.0, 24.0, 25.0], [20.0, 21.0, 22.5]).confidence_interval(0.975)  # differences 2, 3, 2.5
+    assert table.rows[0][3:] == [f"+2.5 [{ci.low:+.1f}, {ci.high:+.1f}]", "3", AGREES]
+    assert table.rows[1][3:] == ["-1.0", "1", "no verdict"]  # one pair: no interval, no verdict
+    assert table.notes[0] == "2 claims: 1 agree, 0 disagree, 0 inconclusive, 1 without a verdict."
+    assert "a = 0.0125: 97.5%" in table.notes[1]

@@ -347,7 +347,7 @@ def test_latex_and_markdown_well_formed(store):
     assert {line.count("|") for line in md if line.startswith("|")} == {len(table.header) + 1}
     # every table of the report (paper table, claims, all metrics, compute, summary)
     assert [t.key for t in tables] == ["table6", "table6_claims", "table6_all_metrics", "table6_compute",
-                                       "summary_claims", "summary_compute"]
+                                       "summary_claims", "summary_compute", "summary_headline"]
     for t in tables:
         _latex_well_formed(to_latex(t), len(t.header))
 
@@ -421,7 +421,8 @@ def test_cli_all_studies(store, tmp_path, capsys):
     # one claims table per study (smoke's layout compares nothing: its claims table says so)
     assert sorted(p.name for p in tmp_path.glob("*/*.md")) == sorted(
         f"{k}{s}.md" for k in ("smoke", "table2", "table6") for s in kinds)
-    assert sorted(p.name for p in tmp_path.glob("*.md")) == ["summary_claims.md", "summary_compute.md"]
+    assert sorted(p.name for p in tmp_path.glob("*.md")) == ["summary_claims.md", "summary_compute.md",
+                                                             "summary_headline.md"]
     # the summary of all studies comes first
     assert html.index("All studies: the paper") < html.index('id="study-smoke"')
     with pytest.raises(SystemExit):
