@@ -113,13 +113,34 @@ def trial_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list
             return runs
 
 
-def load_grid_yaml(client: MlflowClient, parent_id: str) -> object:
-    """The parent's grid.yaml artifact (the grid as launched), None when it is absent."""
-    if "grid.yaml" not in {a.path for a in client.list_artifacts(parent_id)}:
+PUBLISHED_ARTIFACTS = "mlartifacts"  # beside a published sqlite store: its parents' grid.yaml (reports.publish)
+
+
+def published_artifact(client: MlflowClient, parent_id: str, name: str) -> Path | None:
+    """Where ``tood-ablate publish`` keeps a parent's artifact beside a sqlite store:
+    ``<store folder>/mlartifacts/<experiment>/<run id>/artifacts/<name>``, the layout of MLflow's
+    own artifact store, so a published folder reads the same on any clone. None for a server."""
+    if not client.tracking_uri.startswith("sqlite:///"):
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(parent_id, "grid.yaml", tmp)
-        return yaml.safe_load(Path(path).read_text())
+    experiment = client.get_experiment(client.get_run(parent_id).info.experiment_id).name
+    store = Path(client.tracking_uri[len("sqlite:///"):])
+    return store.parent / PUBLISHED_ARTIFACTS / experiment / parent_id / "artifacts" / name
+
+
+def grid_yaml_text(client: MlflowClient, parent_id: str) -> str | None:
+    """The parent's grid.yaml artifact as launched: from the store's artifact location, else the
+    copy a published folder keeps beside its store; None when neither has it."""
+    if "grid.yaml" in {a.path for a in client.list_artifacts(parent_id)}:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(parent_id, "grid.yaml", tmp)).read_text()
+    copy = published_artifact(client, parent_id, "grid.yaml")
+    return copy.read_text() if copy is not None and copy.is_file() else None
+
+
+def load_grid_yaml(client: MlflowClient, parent_id: str) -> object:
+    """The parent's grid.yaml (``grid_yaml_text``) parsed; None when it is absent."""
+    text = grid_yaml_text(client, parent_id)
+    return None if text is None else yaml.safe_load(text)
 
 
 def load_grid_artifact(client: MlflowClient, parent_id: str) -> list[GridRow]:

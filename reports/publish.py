@@ -3,7 +3,8 @@
 Writes into ``--out``: the report of every study (md/tex/html tables, plots, ``report.html``),
 ``per_seed.csv`` (one line per trial, headed by the launches, commits, machines and the
 command), ``machines.md`` (which CPU trained which seeds of each row), a consistent single-file
-copy of a sqlite store (``mlruns.db``), and, given the launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
+copy of a sqlite store (``mlruns.db``) with the studies' grid.yaml beside it (``mlartifacts/``,
+so the copy reports the same on another clone), and, given the launch (``--launch``, ``--storage-path``), its packing (``suite_packing.json``) and the PCC
 diagnostics of the grids named by ``--diagnose``. ``--readme FILE``: the folder's headline table
 (``summary_headline.md``) replaces the one between the file's headline markers. The folder's entry in the index
 (``--index``, default ``<out>/../index.yaml``) is replaced: study -> launch, parent run,
@@ -21,10 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+from mlflow.tracking import MlflowClient
 
 from orchestration.folders import check_writable
 from orchestration.schema import PROFILE_TAG, default_tracking_uri
-from reports.collect import NoRunsError, StudyData, collect_study, list_studies, open_client
+from reports.collect import (NoRunsError, StudyData, collect_study, grid_yaml_text, list_studies, open_client,
+                             published_artifact)
 from reports.export import machines_table, write_csv
 from reports.formats import to_markdown
 from reports.render import render_report
@@ -86,6 +89,17 @@ def splice_headline(readme: Path, folder: Path) -> None:
     readme.write_text("".join(new), encoding="utf-8")
 
 
+def keep_grids(client: MlflowClient, studies: list[StudyData], copy: MlflowClient) -> None:
+    """Each study's grid.yaml as launched, beside the store copy (reports.collect.published_artifact),
+    so the copy reports the same claims and rows where the store's artifact location is not."""
+    for data in studies:
+        text = grid_yaml_text(client, data.parent_id)
+        if text is not None:
+            path = published_artifact(copy, data.parent_id, "grid.yaml")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
+
 def update_index(index: Path, folder: Path, entry: dict) -> None:
     """Replace ``folder``'s entry (keyed by its path relative to the index's folder) in ``index``."""
     data = yaml.safe_load(index.read_text()) if index.is_file() else None
@@ -120,6 +134,7 @@ def publish(tracking_uri: str, out: Path, command: str, index: Path, launch: str
         src = Path(tracking_uri[len("sqlite:///"):]).resolve()
         if src != (out / STORE_COPY).resolve():
             copy_sqlite(src, out / STORE_COPY)
+            keep_grids(client, studies, open_client(f"sqlite:///{(out / STORE_COPY).resolve()}"))
         entry["store"] = STORE_COPY
     if launch:
         from reports.packing import packing
