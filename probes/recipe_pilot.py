@@ -11,9 +11,9 @@ each: the CPU-hours are the measured seconds per trial-epoch of one recipe's pil
 ``--cost-from`` trials, wall time of their attempts x CPUs) times each recipe's epochs.
 
     .venv/bin/python probes/recipe_pilot.py \\
-        --recipe proxy=16=results/proxy/per_seed.csv:table6_alignment \\
+        --recipe proxy=16=results/archive/proxy/per_seed.csv:table6_alignment \\
         --recipe proxy_budget=24=results/recipe_pilot/per_seed.csv:recipe_pilot \\
-        --recipe proxy_long=32=results/proxy/pilot_long/per_seed.csv:table6_alignment \\
+        --recipe proxy_long=32=results/archive/proxy/pilot_long/per_seed.csv:table6_alignment \\
         --cost-from results/recipe_pilot/mlruns.db --out results/recipe_pilot/recipes
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ named LAUNCH, which lets two recipes share one store), computes each claim as th
 recipe ours with its interval, n and the verdict; the last column says whether the verdicts
 differ. E.g. the proxy's 16-epoch schedule against ``proxy_long``::
 
-    tood-ablate compare --recipe "16 epochs" sqlite:///results/proxy/mlruns.db \\
+    tood-ablate compare --recipe "16 epochs" sqlite:///results/archive/proxy/mlruns.db \\
         --recipe "32 epochs" sqlite:///runs/mlruns_long.db
 """
 

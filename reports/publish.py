@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tood-ablate publish", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tracking-uri", default=None, help="the store to publish (default: $MLFLOW_TRACKING_URI or ./mlruns.db)")
-    p.add_argument("--out", required=True, help="results folder to write, e.g. results/proxy")
+    p.add_argument("--out", required=True, help="results folder to write, e.g. results/archive/proxy")
     p.add_argument("--command", default="", help="the command that ran the launch(es), recorded in the index and the CSV")
     p.add_argument("--index", default=None, help="index file to update (default: <out>/../index.yaml)")
     p.add_argument("--launch", help="launch name: adds its packing and lets --diagnose find its checkpoints")
