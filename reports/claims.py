@@ -28,8 +28,8 @@ import pandas as pd
 
 from orchestration.grid import ClaimSpec, claim_spec
 from reports.cells import NO_VALUE, fmt_delta, metric_label, metric_value
-from reports.layouts import PAPER_COLUMNS
 from reports.claim_tests import SequentialDesign, decide
+from reports.layouts import PAPER_COLUMNS
 from reports.paired_tests import MARGIN, ClaimTest, claim_test
 from reports.pairs import Pair, delta_note, pairs
 from reports.stats import (AGREES, BAND, DISAGREES, GREATER, INCONCLUSIVE, LEVEL, NONE, PAIRED, WELCH, WITHIN,
