@@ -54,3 +54,17 @@ def test_readme_links_point_at_files_that_exist():
         assert links, readme
         missing = [link for link in links if "://" not in link and not (readme.parent / link).exists()]
         assert missing == [], f"{readme}: links to missing files"
+
+
+def test_readme_headline_is_the_published_folders():
+    """The README's headline table is the one `tood-ablate publish --readme` wrote from the folder
+    its marker names: editing either alone fails here."""
+    from reports.publish import HEADLINE_BEGIN, HEADLINE_END
+
+    lines = (ROOT / "README.md").read_text().splitlines(keepends=True)
+    (begin,) = [i for i, line in enumerate(lines) if line.startswith("<!-- headline from ")]
+    end = lines.index(HEADLINE_END + "\n")
+    folder = lines[begin].removeprefix("<!-- headline from ").split(":", 1)[0]
+    assert lines[begin] == HEADLINE_BEGIN.format(folder=folder) + "\n"
+    published = (ROOT / folder / "summary_headline.md").read_text()
+    assert "".join(lines[begin + 1:end]) == "\n" + published + "\n"

@@ -151,6 +151,8 @@ def checked_store_args(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # reports read a parent's grid.yaml in `run --until-decided`, `claims` and `publish`: no progress bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         if argv[:1] == ["slurm"]:  # checks the tracking URI's form only: the server need not answer the login node
             from orchestration.slurm import main as slurm_main

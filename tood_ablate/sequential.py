@@ -23,7 +23,7 @@ from orchestration.grid import expand, load_grid
 from orchestration.launch import LaunchOptions, run_suite
 from orchestration.schema import default_tracking_uri
 from orchestration.uris import check_tracking_uri
-from reports.claim_planner import Claim, Plan, next_round
+from reports.claim_planner import HORIZON, Claim, Plan, next_round
 from reports.claim_tests import LOOKS, SequentialDesign, check_looks
 from reports.claims import Comparison, compare, seed_values
 from reports.collect import NoRunsError, StudyData, collect_study, open_client
@@ -119,7 +119,7 @@ def sequential_table(plan: Plan, comps: list[Comparison], spent: int, fixed: int
         if status.state in ("decided",) or test is None or test.verdict != "inconclusive":
             need = "-"
         elif status.projected is None:
-            need = f"not decidable below {plan.looks[-1]} seeds at the observed effect"
+            need = f"none up to {HORIZON} at the observed effect"
         else:
             need = str(status.projected)
         body.append([c.study, c.claim, c.shape, f"{c.delta:g}", test.test if test else "-", str(status.n), looks,
