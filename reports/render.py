@@ -157,20 +157,25 @@ def render_report(study: str | None, tracking_uri: str | None = None, out_dir: s
 
 def render_launch(name: str, storage_path: str | Path, tracking_uri: str) -> list[str]:
     """After `tood-ablate run`/`resume` of launch ``name`` (its record under ``storage_path``):
-    each of its studies rendered into ``<storage_path>/<name>/report``, logged to its parent
-    run, its summary run refreshed. Returns the UI lines to print; a study whose report fails
-    is a warning naming the command that renders it (the launch's result stands)."""
+    each of its studies rendered into ``<storage_path>/<name>/report`` (``render_parents``)."""
     from orchestration.record import load_launch
 
     info = load_launch(name, str(storage_path))
-    out, lines = Path(info["path"]) / "report", []
-    for s in info.get("studies") or [info]:  # a record older than suite launches names one study
+    parents = [(s["study"], s["parent_run_id"]) for s in info.get("studies") or [info]]  # older records: one study
+    return render_parents(parents, tracking_uri, Path(info["path"]) / "report")
+
+
+def render_parents(parents: list[tuple[str, str]], tracking_uri: str, out: Path) -> list[str]:
+    """Each (study, parent run) rendered into ``out``, logged to its parent run, its summary run
+    refreshed. Returns the UI lines to print; a study whose report fails is a warning naming the
+    command that renders it (the launch's result stands)."""
+    lines = []
+    for study, parent in parents:
         try:
-            lines += render_report(s["study"], tracking_uri, out, parent=s["parent_run_id"]).ui
+            lines += render_report(study, tracking_uri, out, parent=parent).ui
         except Exception as exc:  # noqa: BLE001 -- the trained runs are safe in MLflow; say how to retry
-            print(f"tood-ablate: warning: report of {s['study']} failed ({type(exc).__name__}: {exc}); run: "
-                  f"tood-ablate report {s['study']} --parent {s['parent_run_id']} --tracking-uri {tracking_uri}",
-                  file=sys.stderr)
+            print(f"tood-ablate: warning: report of {study} failed ({type(exc).__name__}: {exc}); run: "
+                  f"tood-ablate report {study} --parent {parent} --tracking-uri {tracking_uri}", file=sys.stderr)
     return lines
 
 

@@ -154,6 +154,15 @@ def test_the_report_decides_the_claims_at_the_looks_of_the_rounds(setup, monkeyp
     d = [1 + 1.5 * x for x in NOISE]
     expected = decide(d[:len(claims[1].diff.seeds)], "greater", 0.0, None, (3, 5, 8), 0.05).test
     assert claims[1].test.level == pytest.approx(0.05 / 3) and claims[1].test.p_value == pytest.approx(expected.p_value)
+    # the study's summary run (what the MLflow UI shows on one row) carries the same verdicts
+    import csv
+    import tempfile
+
+    (summary,) = client.search_runs([data.experiment_id], "tags.`tood.role` = 'summary'")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(client.download_artifacts(summary.info.run_id, "claims.csv", tmp)) as f:
+            logged = {r["Claim"]: r["Verdict"] for r in csv.DictReader(f)}
+    assert logged == rounds
 
 
 def test_interrupted_round_continues_with_the_same_plan(setup, monkeypatch):

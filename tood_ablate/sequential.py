@@ -30,6 +30,7 @@ from reports.collect import NoRunsError, StudyData, collect_study, open_client
 from reports.compute import trial_compute
 from reports.formats import to_markdown
 from reports.paired_tests import ALPHA, LESS, MARGIN, WITHIN
+from reports.render import render_parents
 from reports.tables import Table, summarize
 from tood.config import ConfigError
 
@@ -233,7 +234,10 @@ def run_until_decided(grid_paths: list, opts: LaunchOptions, max_seeds: int, loo
     studies, _plan, table = claims_state(opts.tracking_uri, grids, design, max_seeds, alpha)
     out = storage_root(opts.storage_path) / f"{name}_{SEQUENTIAL_ARTIFACT}.md"
     publish_table(opts.tracking_uri, studies, table, out, tagged)
+    ui = render_parents([(d.study, d.parent_id) for d in studies], opts.tracking_uri,
+                        storage_root(opts.storage_path) / f"{name}_report")  # reads the design just tagged
     if not opts.quiet:
         print(to_markdown(table))
         print(f"tood-ablate: until-decided: table in {out} and on each study's parent run", file=sys.stderr)
+        print("tood-ablate: the answer in the MLflow UI:\n" + "\n".join(ui), file=sys.stderr)
     return 0
