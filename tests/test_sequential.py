@@ -256,11 +256,32 @@ def test_until_decided_end_to_end_on_tiny_trainings(tmp_path):
     assert (tmp_path / "ray" / "ends_sequential_claims.md").read_text().count("| ends |") == 4  # Table 6's four claims
 
 
+def test_prefix_savings_are_counted_once_per_training(setup, monkeypatch):
+    """A training that copied 720 s of warm-up from a shared prefix, on 1 CPU, saved 0.2 CPU h; its
+    reused copies in later rounds do not count it again."""
+    from orchestration.prefix_tags import PREFIX_SAVED_METRIC
+
+    grid, opts = setup
+    monkeypatch.setattr(sequential, "run_suite", FakeLaunches())
+    assert sequential.run_until_decided([grid], opts, max_seeds=5, looks=(3, 5)) == 0
+    studies = sequential.latest_studies(opts.tracking_uri, [load_grid(grid)])
+    client = MlflowClient(opts.tracking_uri)
+    first = studies[0].trials.iloc[0]  # a trial of the last round: reused from round 1's training
+    source = first["reused_from"] or first["run_id"]
+    client.log_metric(source, PREFIX_SAVED_METRIC, 720.0)
+    client.set_tag(source, "tood.cpus_per_trial", "1")
+    spent, _cpu_h, saved = sequential._spent(opts.tracking_uri, studies)
+    assert spent == 16 and saved == pytest.approx(0.2)
+
+
 def test_the_fixed_design_in_cpu_hours_by_hand():
     plan = Plan(looks=(3, 5), levels=(0.025, 0.025), claims=(), seeds={})
     notes = sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=4.0).notes
     # 4.0 CPU h over 16 trainings: 0.25 each; 20 trainings: 5.0 CPU h, 1.0 more than the rounds
-    assert "mean of 0.250 CPU h per training, the fixed design would cost about 5.0 CPU h: +1.0 CPU h" in notes[-1]
+    assert "mean of 0.250 CPU h per training, the fixed design would cost about 5.0 CPU h: +1.0 CPU h" in notes[2]
+    assert notes[3].startswith("Shared prefixes saved 0.00 CPU h of training over these 16 trainings")
+    saved = sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=4.0, prefix_cpu_h=0.5).notes[3]
+    assert saved.startswith("Shared prefixes saved 0.50 CPU h")
     assert not any("fixed design would cost" in n for n in
                    sequential.sequential_table(plan, [], spent=16, fixed=20, cpu_h=float("nan")).notes)
 

@@ -109,8 +109,11 @@ def latest_studies(tracking_uri: str, grids: list) -> list[StudyData]:
     return out
 
 
-def sequential_table(plan: Plan, comps: list[Comparison], spent: int, fixed: int, cpu_h: float) -> Table:
-    """Per claim: shape, delta, test, n, looks, interval, verdict, the seeds projected to decide it."""
+def sequential_table(plan: Plan, comps: list[Comparison], spent: int, fixed: int, cpu_h: float,
+                     prefix_cpu_h: float = 0.0) -> Table:
+    """Per claim: shape, delta, test, n, looks, interval, verdict, the seeds projected to decide it;
+    notes: the looks, and the compute against a fixed design (``prefix_cpu_h``: what shared
+    prefixes saved the trainings counted)."""
     looks = ",".join(map(str, plan.looks))
     body = []
     for c, status in zip(comps, plan.claims):
@@ -136,21 +139,26 @@ def sequential_table(plan: Plan, comps: list[Comparison], spent: int, fixed: int
         per = cpu_h / spent
         notes.append(f"At this launch's mean of {per:.3f} CPU h per training, the fixed design would cost about "
                      f"{fixed * per:.1f} CPU h: {fixed * per - cpu_h:+.1f} CPU h against the rounds.")
+    if spent:
+        notes.append(f"Shared prefixes saved {prefix_cpu_h:.2f} CPU h of training over these {spent} trainings (the "
+                     "warm-up epochs branched trials copied instead of training; orchestration/prefix.py).")
     return Table(SEQUENTIAL_ARTIFACT, "Claims decided in rounds of seeds",
                  ["Study", "Claim", "Shape", "δ", "Test", "n", "Looks", "Interval", "Verdict", "State", "Seeds to decide"],
                  body, notes)
 
 
-def _spent(tracking_uri: str, studies: list[StudyData]) -> tuple[int, float]:
-    """Distinct trainings behind the studies' latest launches and their CPU hours."""
+def _spent(tracking_uri: str, studies: list[StudyData]) -> tuple[int, float, float]:
+    """Distinct trainings behind the studies' latest launches, their CPU hours, and the CPU hours
+    their shared prefixes saved (the epochs branched trials copied instead of training)."""
     client = open_client(tracking_uri)
-    seen, cpu_h = set(), 0.0
+    seen, cpu_h, saved_cpu_h = set(), 0.0, 0.0
     for data in studies:
         for r in trial_compute(client, data.trials, count_sources=True):
             if r.trained_by not in seen and r.status == "FINISHED":
                 seen.add(r.trained_by)
                 cpu_h += 0.0 if math.isnan(r.cpu_h) else r.cpu_h
-    return len(seen), cpu_h
+                saved_cpu_h += r.prefix_saved_s * (1.0 if math.isnan(r.cpus) else r.cpus) / 3600
+    return len(seen), cpu_h, saved_cpu_h
 
 
 def claims_state(tracking_uri: str, grids: list, design: tuple[int, ...], max_seeds: int, alpha: float
@@ -158,9 +166,9 @@ def claims_state(tracking_uri: str, grids: list, design: tuple[int, ...], max_se
     """The grids' latest launches in the store, the plan of the next round and the claims table."""
     studies = latest_studies(tracking_uri, grids)
     plan, comps = plan_round(studies, design, max_seeds, alpha)
-    spent, cpu_h = _spent(tracking_uri, studies)
+    spent, cpu_h, saved = _spent(tracking_uri, studies)
     fixed = sum(len(g.rows) for g in grids) * design[-1]
-    return studies, plan, sequential_table(plan, comps, spent, fixed, cpu_h)
+    return studies, plan, sequential_table(plan, comps, spent, fixed, cpu_h, saved)
 
 
 def parse_looks(text: str) -> tuple[int, ...]:
