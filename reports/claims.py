@@ -152,13 +152,13 @@ def compare(study: str, table: str, rows: list[RowSummary], trials: pd.DataFrame
                 continue
             row, ref = seed_values(trials, pair.row.label, metric), seed_values(trials, pair.ref.label, metric)
             diff = difference(row, ref)
-            looks = design if is_claim else None
-            reason = no_verdict(pair, diff, rerun, looks)
-            test = paired_test(row, ref, diff, expect, shape, delta, looks)
+            claim_design = design if is_claim else None  # the looks chose seeds for the claims only
+            reason = no_verdict(pair, diff, rerun, claim_design)
+            test = paired_test(row, ref, diff, expect, shape, delta, claim_design)
             judged = test.verdict if test is not None else verdict(diff, expect, delta or BAND)
             out.append(Comparison(study, table, pair.row.label, pair.ref.label, pair.group, metric, paper_delta,
                                   expect, claim_text(table, pair, metric, expect, shape, delta), is_claim, diff,
-                                  INCONCLUSIVE if reason else judged, reason, shape, delta, test, looks))
+                                  INCONCLUSIVE if reason else judged, reason, shape, delta, test, claim_design))
     return out
 
 

@@ -13,8 +13,8 @@ import math
 from collections import defaultdict
 
 from reports.cells import NO_VALUE, fmt_delta
-from reports.claims import Comparison, fmt_paper, fmt_verdict
-from reports.stats import AGREES, DISAGREES, INCONCLUSIVE, LESS, PAIRED
+from reports.claims import Comparison, fmt_paper, fmt_verdict, tally
+from reports.stats import LESS, PAIRED
 from reports.tables import Table
 
 HEADLINE = "summary_headline"
@@ -59,17 +59,14 @@ def headline_table(comparisons: list[Comparison]) -> Table:
         if c.is_claim:
             groups[(c.study, c.claim.replace(subject(c), "{}", 1))].append(c)
     body = []
-    for (study, template), claims in groups.items():
-        body.append([study, template.replace("{}", " / ".join(subject(c) for c in claims), 1),
-                     _joined([fmt_paper(c) for c in claims]), " / ".join(_ours(c) for c in claims),
-                     _joined([str(verdict_interval(c)[3]) for c in claims]),
-                     _joined([NO_VERDICT if c.reason else fmt_verdict(c) for c in claims])])
-    levels = sorted({c.test.level for c in comparisons if c.is_claim and c.test is not None})
-    counts = {v: sum(c.verdict == v and not c.reason for c in comparisons if c.is_claim)
-              for v in (AGREES, DISAGREES, INCONCLUSIVE)}
-    total = sum(c.is_claim for c in comparisons)
-    notes = [f"{total} claims: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, {counts[INCONCLUSIVE]} "
-             f"inconclusive, {total - sum(counts.values())} without a verdict.",
+    for (study, template), alike in groups.items():
+        body.append([study, template.replace("{}", " / ".join(subject(c) for c in alike), 1),
+                     _joined([fmt_paper(c) for c in alike]), " / ".join(_ours(c) for c in alike),
+                     _joined([str(verdict_interval(c)[3]) for c in alike]),
+                     _joined([NO_VERDICT if c.reason else fmt_verdict(c) for c in alike])])
+    claims = [c for c in comparisons if c.is_claim]
+    levels = sorted({c.test.level for c in claims if c.test is not None})
+    notes = [f"{len(claims)} claims: {tally(claims)}",
              "Ours: row minus reference, the mean over the n paired seeds the verdict was decided on, and the "
              "two-sided t interval of that test at 1 - 2a for its one-sided level a "
              f"({', '.join(f'a = {a:.3g}: {100 * (1 - 2 * a):.4g}%' for a in levels) or 'no test'}), so a verdict "

@@ -400,5 +400,6 @@ def test_headline_groups_claims_that_read_alike_and_shows_the_interval_of_the_ve
     ci = stats.ttest_rel([22.0, 24.0, 25.0], [20.0, 21.0, 22.5]).confidence_interval(0.975)  # differences 2, 3, 2.5
     assert table.rows[0][3:] == [f"+2.5 [{ci.low:+.1f}, {ci.high:+.1f}]", "3", AGREES]
     assert table.rows[1][3:] == ["-1.0", "1", "no verdict"]  # one pair: no interval, no verdict
-    assert table.notes[0] == "2 claims: 1 agree, 0 disagree, 0 inconclusive, 1 without a verdict."
+    assert table.notes[0] == ("2 claims: 1 agree, 0 disagree, 0 inconclusive, 1 without a verdict "
+                              "(1 with fewer than 2 seeds).")
     assert "a = 0.0125: 97.5%" in table.notes[1]

@@ -24,7 +24,7 @@ from orchestration.launch import LaunchOptions, run_suite
 from orchestration.schema import default_tracking_uri
 from orchestration.uris import check_tracking_uri
 from reports.claim_planner import HORIZON, Claim, Plan, next_round
-from reports.claim_tests import LOOKS, SequentialDesign, check_looks
+from reports.claim_tests import LOOKS, SequentialDesign, check_looks, look_levels
 from reports.claims import Comparison, compare, seed_values
 from reports.collect import NoRunsError, StudyData, collect_study, open_client
 from reports.compute import trial_compute
@@ -188,8 +188,10 @@ def seed_design(looks: tuple[int, ...], max_seeds: int, alpha: float = ALPHA) ->
         raise ConfigError(f"--looks: {e}") from None
     if max_seeds < looks[0]:
         raise ConfigError(f"--max-seeds: got {max_seeds} (expected >= the first look, {looks[0]})")
-    if not 0 < alpha < 0.5:
-        raise ConfigError(f"--alpha: got {alpha:g} (expected a one-sided error rate, 0 < alpha < 0.5)")
+    try:
+        look_levels(looks, alpha)  # the looks are valid here: only alpha can be out of range
+    except ValueError:
+        raise ConfigError(f"--alpha: got {alpha:g} (expected a one-sided error rate, 0 < alpha < 0.5)") from None
     return tuple(n for n in looks if n <= max_seeds)
 
 
